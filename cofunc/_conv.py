@@ -1,0 +1,371 @@
+"""Continual convolutions over time: ``conv1d``, ``conv2d``, ``conv3d``.
+
+The state is a shift register of the last ``receptive_field - 1`` input frames. A step appends
+the new frame and convolves the window once, so it costs exactly one output frame's
+multiply-adds (co convolves each frame with the whole kernel and keeps ``k_t`` partial sums,
+``k_t`` times the work). ``steps`` convolves the buffered frames and the whole chunk in one call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._errors import ConfigurationError
+from ._layer import (
+    Layer,
+    Params,
+    check_dtype_device,
+    emits_after,
+    empty_clip,
+    expand_mask,
+    first_emitting_step,
+    values_are_concrete,
+)
+
+_CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_NN_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+_PADDING_MODES = ("zeros", "replicate", "reflect", "circular")
+_TEMPORAL_FILLS = ("zeros", "replicate")
+
+IntOrTuple = Union[int, Sequence[int]]
+
+
+class ConvState(NamedTuple):
+    """State of a continual convolution.
+
+    buffer: ``(*B, C_in, receptive_field - 1, *S)``, the last input frames, oldest first.
+    count: ``(*B,)`` int64, the steps each stream has taken.
+    """
+
+    buffer: Tensor
+    count: Tensor
+
+
+def _ntuple(value: IntOrTuple, n: int, name: str, label: str) -> Tuple[int, ...]:
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(int(v) for v in value)
+    if len(value) != n:
+        raise ConfigurationError(f"{label}: `{name}` needs {n} values (time first), got {value}")
+    return value
+
+
+def _pad_pairs(padding, kernel, dilation, label) -> Tuple[Tuple[int, int], ...]:
+    """Per dim (start, end) padding, with torch's rules for ``"same"`` and ``"valid"``."""
+    n = len(kernel)
+    if isinstance(padding, str):
+        if padding == "valid":
+            return ((0, 0),) * n
+        if padding == "same":
+            pairs = []
+            for k, d in zip(kernel, dilation):
+                total = d * (k - 1)
+                pairs.append((total // 2, total - total // 2))
+            return tuple(pairs)
+        raise ConfigurationError(f"{label}: `padding` must be an int, a tuple, 'same' or 'valid', got {padding!r}")
+    return tuple((p, p) for p in _ntuple(padding, n, "padding", label))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Conv(Layer):
+    """A continual N-d convolution (N = 1, 2, 3; the first kernel axis is time).
+
+    Same arguments and defaults as ``torch.nn.ConvNd`` plus ``temporal_fill`` (how the fresh
+    state pads the start of the stream; default: as ``padding_mode``). Construct with
+    `conv1d`, `conv2d` or `conv3d`.
+    """
+
+    dims: int
+    in_channels: int
+    out_channels: int
+    kernel_size: Tuple[int, ...]
+    conv_stride: Tuple[int, ...] = None
+    padding_spec: Union[str, Tuple[int, ...]] = 0
+    dilation: Tuple[int, ...] = None
+    groups: int = 1
+    bias: bool = True
+    padding_mode: str = "zeros"
+    temporal_fill: Optional[str] = None
+
+    def __post_init__(self):
+        label = self.label
+        n = self.dims
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        set_("kernel_size", _ntuple(self.kernel_size, n, "kernel_size", label))
+        set_("conv_stride", _ntuple(1 if self.conv_stride is None else self.conv_stride, n, "stride", label))
+        set_("dilation", _ntuple(1 if self.dilation is None else self.dilation, n, "dilation", label))
+        if not isinstance(self.padding_spec, str):
+            set_("padding_spec", _ntuple(self.padding_spec, n, "padding", label))
+        pads = _pad_pairs(self.padding_spec, self.kernel_size, self.dilation, label)
+        set_("_pads", pads)
+        for name, values in (("kernel_size", self.kernel_size), ("stride", self.conv_stride), ("dilation", self.dilation)):
+            if min(values) < 1:
+                raise ConfigurationError(f"{label}: `{name}` must be positive, got {values}")
+        if min(min(p) for p in pads) < 0:
+            raise ConfigurationError(f"{label}: `padding` must be non-negative, got {self.padding_spec}")
+        if self.groups < 1 or self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ConfigurationError(
+                f"{label}: in_channels ({self.in_channels}) and out_channels ({self.out_channels}) "
+                f"must both be divisible by groups ({self.groups})"
+            )
+        if self.padding_spec == "same" and max(self.conv_stride) > 1:
+            raise ConfigurationError(f"{label}: padding='same' is not supported for strided convolutions (as in torch.nn)")
+        if self.padding_mode not in _PADDING_MODES:
+            raise ConfigurationError(f"{label}: `padding_mode` must be one of {_PADDING_MODES}, got {self.padding_mode!r}")
+        fill = self.temporal_fill
+        if fill is None:
+            fill = "replicate" if self.padding_mode == "replicate" else "zeros"
+            set_("temporal_fill", fill)
+        if fill not in _TEMPORAL_FILLS:
+            raise ConfigurationError(f"{label}: `temporal_fill` must be one of {_TEMPORAL_FILLS}, got {fill!r}")
+        rf = self.receptive_field
+        start, end = pads[0]
+        if max(start, end) > rf - 1:
+            raise ConfigurationError(
+                f"{label}: temporal padding {pads[0]} exceeds receptive_field - 1 = {rf - 1}; an output "
+                f"made only of padding cannot be produced by a stream"
+            )
+        if self.padding_mode in ("reflect", "circular") and (start or end):
+            raise ConfigurationError(
+                f"{label}: padding_mode={self.padding_mode!r} pads time with future frames, which a "
+                f"stream does not have; use temporal padding 0 (spatial padding may keep this mode)"
+            )
+
+    # --- metadata -----------------------------------------------------------------------------
+    @property
+    def label(self) -> str:
+        return f"conv{self.dims}d({self.in_channels}->{self.out_channels}, kernel_size={self.kernel_size})"
+
+    @property
+    def receptive_field(self) -> int:
+        return self.dilation[0] * (self.kernel_size[0] - 1) + 1
+
+    @property
+    def padding(self) -> int:
+        return self._pads[0][0]
+
+    @property
+    def padding_end(self) -> int:
+        return self._pads[0][1]
+
+    @property
+    def stride(self) -> int:
+        return self.conv_stride[0]
+
+    @property
+    def step_rank(self) -> int:
+        return self.dims
+
+    @property
+    def stateful(self) -> bool:
+        return self.receptive_field > 1 or self.stride > 1
+
+    # --- params -------------------------------------------------------------------------------
+    def torch_module(self, *, device=None, dtype=None) -> nn.Module:
+        """The equivalent ``torch.nn.ConvNd`` (freshly initialised)."""
+        return _NN_CONV[self.dims](
+            self.in_channels, self.out_channels, self.kernel_size, stride=self.conv_stride,
+            padding=self.padding_spec, dilation=self.dilation, groups=self.groups, bias=self.bias,
+            padding_mode=self.padding_mode, device=device, dtype=dtype,
+        )
+
+    def init_params(self, *, device=None, dtype=None) -> Params:
+        module = self.torch_module(device=device, dtype=dtype)
+        return {name: p.detach() for name, p in module.named_parameters()}
+
+    # --- state --------------------------------------------------------------------------------
+    def init_state(self, params, input_shape, *, device=None, dtype=None):
+        if not self.stateful:
+            return ()
+        batch = self.batch_shape(input_shape)
+        weight = params.get("weight") if params else None
+        device = device if device is not None else (weight.device if weight is not None else None)
+        dtype = dtype if dtype is not None else (weight.dtype if weight is not None else None)
+        step_shape = tuple(input_shape[len(batch):])
+        buffer = torch.zeros(batch + step_shape[:1] + (self.receptive_field - 1,) + step_shape[1:], device=device, dtype=dtype)
+        return ConvState(buffer, torch.zeros(batch, dtype=torch.int64, device=device))
+
+    def clock(self, state):
+        return state.count if self.stateful else None
+
+    def step_output_shape(self, input_shape):
+        rank = self.dims
+        batch = tuple(input_shape[: len(input_shape) - rank])
+        spatial = []
+        for size, k, s, d, (lo, hi) in zip(
+            input_shape[len(batch) + 1:], self.kernel_size[1:], self.conv_stride[1:], self.dilation[1:], self._pads[1:]
+        ):
+            spatial.append((size + lo + hi - d * (k - 1) - 1) // s + 1)
+        return batch + (self.out_channels,) + tuple(spatial)
+
+    # --- computation --------------------------------------------------------------------------
+    def forward(self, params, xs):
+        """The clip convolution, computed exactly as ``torch.nn.ConvNd.forward``."""
+        self.check_clip_input(xs, self.in_channels)
+        check_dtype_device(self, xs, params["weight"], "clip")
+        weight, bias = params["weight"], params.get("bias")
+        conv = _CONV_FN[self.dims]
+
+        def run(x):
+            if self.padding_mode != "zeros":
+                pads = tuple(p for pair in reversed(self._pads) for p in pair)
+                return conv(F.pad(x, pads, mode=self.padding_mode), weight, bias, self.conv_stride, 0, self.dilation, self.groups)
+            return conv(x, weight, bias, self.conv_stride, self.padding_spec, self.dilation, self.groups)
+
+        return _with_one_batch_dim(run, xs, self.dims + 1)
+
+    def _window_conv(self, params, window: Tensor, time_stride: int) -> Tensor:
+        """Convolve a clip that already holds its temporal context (no temporal padding)."""
+        weight, bias = params["weight"], params.get("bias")
+        conv = _CONV_FN[self.dims]
+        spatial = self._pads[1:]
+        stride = (time_stride,) + self.conv_stride[1:]
+
+        def run(x):
+            if self.padding_mode == "zeros" and all(lo == hi for lo, hi in spatial):
+                return conv(x, weight, bias, stride, (0,) + tuple(lo for lo, _ in spatial), self.dilation, self.groups)
+            if any(lo or hi for lo, hi in spatial):
+                pads = tuple(p for pair in reversed(spatial) for p in pair) + (0, 0)
+                mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
+                x = F.pad(x, pads, mode=mode)
+            return conv(x, weight, bias, stride, 0, self.dilation, self.groups)
+
+        return _with_one_batch_dim(run, window, self.dims + 1)
+
+    def _check(self, params, state, x, clip: bool):
+        if clip:
+            self.check_clip_input(x, self.in_channels)
+        else:
+            self.check_step_input(x, self.in_channels)
+        check_dtype_device(self, x, params["weight"], "clip" if clip else "step input")
+        if self.stateful:
+            self.check_state_type(state, ConvState)
+            self.check_state_batch(state.count, x, "clip" if clip else "step input")
+
+    def step(self, params, state, x):
+        """One frame ``x: (*B, C_in, *S)`` to one output frame ``(*B, C_out, *S')``."""
+        self._check(params, state, x, clip=False)
+        axis = -self.dims
+        frame = x.unsqueeze(axis)
+        if not self.stateful:
+            return self._window_conv(params, frame, 1).squeeze(axis), state
+        buffer, count = state
+        if self.temporal_fill == "replicate" and buffer.shape[axis] > 0:
+            first = expand_mask(count == 0, buffer)
+            buffer = torch.where(first, frame.expand_as(buffer), buffer)
+        window = torch.cat([buffer, frame], dim=axis)
+        count = count + 1
+        next_state = ConvState(window.narrow(axis, 1, self.receptive_field - 1), count)
+        if self.stride > 1 and values_are_concrete(count):
+            # Strided steps without output in any stream cost no convolution.
+            if not bool(emits_after(count, self.delay, self.stride).any()):
+                return window.new_zeros(self.step_output_shape(x.shape)), next_state
+        return self._window_conv(params, window, 1).squeeze(axis), next_state
+
+    def _emit(self, params, window: Tensor, clock: int, n_new: int, step_shape) -> Tensor:
+        """The outputs of input steps ``clock .. clock + n_new - 1``, whose frames end ``window``."""
+        axis = -self.dims
+        first = first_emitting_step(clock, self.delay, self.stride)
+        if first > clock + n_new - 1:
+            return empty_clip(window, self.step_output_shape(step_shape), axis)
+        offset = first - clock
+        window = window.narrow(axis, offset, window.shape[axis] - offset)
+        return self._window_conv(params, window, self.stride)
+
+    def _steps(self, params, state, xs, clock, pad_end):
+        self._check(params, state, xs, clip=True)
+        axis = -self.dims
+        n_new = xs.shape[axis]
+        step_shape = list(xs.shape)
+        del step_shape[axis]
+        if not self.stateful:  # kernel 1, stride 1, no padding: nothing to buffer or flush
+            return self._window_conv(params, xs, 1), state
+        buffer, count = state
+        if self.temporal_fill == "replicate" and clock == 0 and n_new > 0:
+            buffer = xs.narrow(axis, 0, 1).expand_as(buffer)
+        window = torch.cat([buffer, xs], dim=axis)
+        keep = self.receptive_field - 1
+        next_buffer = window.narrow(axis, window.shape[axis] - keep, keep)
+        ys = self._emit(params, window, clock, n_new, step_shape)
+        if pad_end and self.padding_end:
+            if self.temporal_fill == "replicate":
+                last = window.narrow(axis, window.shape[axis] - 1, 1)
+                fill = last.expand(*last.shape[: last.dim() + axis], self.padding_end, *last.shape[last.dim() + axis + 1:])
+            else:
+                fill_shape = list(next_buffer.shape)
+                fill_shape[axis] = self.padding_end
+                fill = next_buffer.new_zeros(fill_shape)
+            flushed = self._emit(params, torch.cat([next_buffer, fill], dim=axis), clock + n_new, self.padding_end, step_shape)
+            ys = torch.cat([ys, flushed], dim=axis)
+        return ys, ConvState(next_buffer, count + n_new)
+
+
+def _with_one_batch_dim(fn, x: Tensor, unbatched_rank: int) -> Tensor:
+    """Apply a torch op that takes exactly one batch dim to ``x`` with any leading dims."""
+    lead = x.shape[: x.dim() - unbatched_rank]
+    if len(lead) == 1:
+        return fn(x)
+    y = fn(x.reshape((-1,) + tuple(x.shape[len(lead):])))
+    return y.reshape(tuple(lead) + tuple(y.shape[1:]))
+
+
+def _make(dims):
+    def make(
+        in_channels: int,
+        out_channels: int,
+        kernel_size: IntOrTuple,
+        stride: IntOrTuple = 1,
+        padding: Union[str, IntOrTuple] = 0,
+        dilation: IntOrTuple = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        temporal_fill: Optional[str] = None,
+    ) -> Conv:
+        return Conv(dims, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode, temporal_fill)
+
+    return make
+
+
+conv1d = _make(1)
+conv1d.__name__ = "conv1d"
+conv1d.__doc__ = """A continual ``Conv1d``: clips ``(*B, C, T)``, steps ``(*B, C)``.
+
+Example:
+    >>> import torch, cofunc
+    >>> layer = cofunc.conv1d(2, 4, kernel_size=3, padding=1)
+    >>> params = layer.init_params()
+    >>> state = layer.init_state(params, (5, 2))
+    >>> y, state = layer.step(params, state, torch.randn(5, 2))
+    >>> y.shape, layer.delay
+    (torch.Size([5, 4]), 1)
+"""
+conv2d = _make(2)
+conv2d.__name__ = "conv2d"
+conv2d.__doc__ = """A continual ``Conv2d`` over ``(time, space)``: clips ``(*B, C, T, S)``, steps ``(*B, C, S)``.
+
+Example:
+    >>> import torch, cofunc
+    >>> layer = cofunc.conv2d(2, 4, kernel_size=(3, 1))
+    >>> params = layer.init_params()
+    >>> layer.forward(params, torch.randn(1, 2, 10, 25)).shape
+    torch.Size([1, 4, 8, 25])
+"""
+conv3d = _make(3)
+conv3d.__name__ = "conv3d"
+conv3d.__doc__ = """A continual ``Conv3d`` over ``(time, height, width)``: clips ``(*B, C, T, H, W)``, steps ``(*B, C, H, W)``.
+
+Example:
+    >>> import torch, cofunc
+    >>> layer = cofunc.conv3d(3, 8, kernel_size=3, padding=1)
+    >>> params = layer.init_params()
+    >>> state = layer.init_state(params, (1, 3, 16, 16))
+    >>> y, state = layer.step(params, state, torch.randn(1, 3, 16, 16))
+    >>> y.shape, bool(layer.valid(state))
+    (torch.Size([1, 8, 16, 16]), False)
+"""

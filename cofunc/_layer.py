@@ -1,0 +1,352 @@
+"""The core record: a `Layer` is a frozen bundle of pure functions plus static temporal metadata.
+
+Conventions shared by every layer:
+
+- a step input has shape ``(*B, C, *S)``; ``*B`` are independent streams (none under vmap);
+- a clip has shape ``(*B, C, T, *S)``: the time axis sits ``step_rank`` places from the end;
+- params are nested dicts of tensors keyed like the equivalent torch.nn ``state_dict``;
+- state is a pytree of tensors whose leaves all start with the stream dims ``*B``; counters are
+  int64 tensors of shape ``*B``; a stateless layer's state is ``()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
+
+import optree
+import torch
+from torch import Tensor
+
+from ._errors import DTypeDeviceError, InputShapeError, StateError, StreamsOutOfStepError, layer_label
+
+Params = Mapping[str, Any]
+State = Any
+Shape = Tuple[int, ...]
+
+EMPTY_PARAMS: Mapping[str, Any] = {}
+
+# optree namespace for the library's own containers (DESIGN.md section 2).
+TREE_NAMESPACE = "cofunc"
+
+
+def tree_map(fn: Callable, tree, *rest):
+    return optree.tree_map(fn, tree, *rest, namespace=TREE_NAMESPACE)
+
+
+def tree_leaves(tree):
+    return optree.tree_leaves(tree, namespace=TREE_NAMESPACE)
+
+
+def values_are_concrete(t: Tensor) -> bool:
+    """True when reading ``t``'s values on the host is allowed and cheap.
+
+    Under torch.compile, export, fx tracing or a torch.func transform, reading values would break
+    the graph or fail, so callers fall back to branch-free masking.
+    """
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return False
+    if torch._C._functorch.maybe_current_level() is not None:
+        return False
+    return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+def emitted(n_inputs: int, delay: int, stride: int) -> int:
+    """How many outputs a layer has emitted after ``n_inputs`` steps from a fresh state."""
+    if n_inputs <= delay:
+        return 0
+    return (n_inputs - 1 - delay) // stride + 1
+
+
+def emits_after(count: Tensor, delay: int, stride: int) -> Tensor:
+    """Per stream: did the step that brought the input counter to ``count`` emit an output?"""
+    last = count - 1 - delay
+    if stride == 1:
+        return last >= 0
+    return (last >= 0) & (torch.remainder(last, stride) == 0)
+
+
+def first_emitting_step(clock: int, delay: int, stride: int) -> int:
+    """The first step index ``>= clock`` (0-based) whose step emits an output."""
+    if clock <= delay:
+        return delay
+    return delay + -(-(clock - delay) // stride) * stride
+
+
+def expand_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """Reshape a per-stream mask ``(*B,)`` so that it broadcasts against ``(*B, ...)``."""
+    return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
+
+
+def tree_where(mask: Tensor, new, old):
+    """Per stream, take ``new`` where ``mask`` holds and ``old`` elsewhere (out of place)."""
+    return tree_map(lambda n, o: torch.where(expand_mask(mask, n), n, o), new, old)
+
+
+def read_shared_clock(layer: "Layer", counter: Optional[Tensor]) -> int:
+    """The number of steps all streams have taken; raise if they differ (host read)."""
+    if counter is None:
+        return 0
+    if counter.numel() == 0:
+        return 0
+    lo, hi = torch.aminmax(counter)
+    lo, hi = int(lo), int(hi)
+    if lo != hi:
+        raise StreamsOutOfStepError(
+            f"{layer_label(layer)}: `steps` needs all streams at the same position, but their step "
+            f"counters range from {lo} to {hi}. Use `step` (per stream) for streams out of step."
+        )
+    return lo
+
+
+def empty_clip(like: Tensor, step_shape: Shape, time_axis: int) -> Tensor:
+    """A clip of zero length whose step shape is ``step_shape``."""
+    shape = list(step_shape)
+    shape.insert(len(shape) + 1 + time_axis if time_axis < 0 else time_axis, 0)
+    return like.new_zeros(shape)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layer:
+    """A continual layer: static temporal metadata and pure functions over explicit state.
+
+    Subclasses implement ``init_state``, ``step``, ``_steps`` (chunked stepping from a known
+    shared clock), ``forward`` and ``step_output_shape``; the public ``steps`` reads the clock.
+
+    Attributes (static, temporal, ints): ``delay`` (steps before the first output),
+    ``receptive_field``, ``stride``, ``padding`` (start padding) and ``padding_end`` (the frames
+    ``steps(..., pad_end=True)`` flushes). ``step_rank`` is the non-batch rank of a step input
+    (``1 + len(S)``), or None for layers that accept any rank.
+    """
+
+    def __hash__(self):
+        return id(self)
+
+    # --- static metadata (overridden by subclasses) -----------------------------------------
+    @property
+    def receptive_field(self) -> int:
+        return 1
+
+    @property
+    def padding(self) -> int:
+        return 0
+
+    @property
+    def padding_end(self) -> int:
+        return self.padding
+
+    @property
+    def stride(self) -> int:
+        return 1
+
+    @property
+    def delay(self) -> int:
+        return self.receptive_field - 1 - self.padding
+
+    @property
+    def step_rank(self) -> Optional[int]:
+        return None
+
+    @property
+    def out_rank(self) -> Optional[int]:
+        return self.step_rank
+
+    @property
+    def label(self) -> str:
+        return type(self).__name__
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the layer keeps a state between steps (False: its state is ``()``)."""
+        return True
+
+    def with_rank(self, rank: int) -> "Layer":
+        """This layer for inputs of non-batch rank ``rank`` (rank-agnostic layers override)."""
+        return self
+
+    # --- params ------------------------------------------------------------------------------
+    def init_params(self, *, device=None, dtype=None) -> Params:
+        """Fresh params initialised as torch.nn initialises the equivalent module."""
+        return {}
+
+    def params_from(self, module: torch.nn.Module) -> Params:
+        """The params of an existing torch.nn module: the same tensors, under the same names."""
+        return module_params(module)
+
+    # --- state -------------------------------------------------------------------------------
+    def init_state(self, params: Params, input_shape: Sequence[int], *, device=None, dtype=None) -> State:
+        """The fresh state for steps of shape ``input_shape`` = ``(*B, C, *S)``."""
+        return ()
+
+    def clock(self, state: State) -> Optional[Tensor]:
+        """Per stream, how many steps this layer has consumed (None for stateless layers)."""
+        return None
+
+    def valid(self, state: State) -> Tensor:
+        """Per stream: was the output of the step that produced ``state`` a real one?"""
+        count = self.clock(state)
+        if count is None:
+            return torch.ones((), dtype=torch.bool)
+        return emits_after(count, self.delay, self.stride)
+
+    def batch_shape(self, input_shape: Sequence[int]) -> Shape:
+        rank = self.step_rank
+        if rank is None:
+            raise StateError(
+                f"{self.label}: the rank of a step input is unknown, so the stream dims cannot be "
+                f"told apart; give the layer a rank (for example `delay(n, rank=3)`) or place it "
+                f"after a layer that knows it in a `seq`."
+            )
+        if len(input_shape) < rank:
+            raise InputShapeError(
+                f"{self.label}: a step input needs at least {rank} dims (C, *S), got shape {tuple(input_shape)}"
+            )
+        return tuple(input_shape[: len(input_shape) - rank])
+
+    # --- computation -------------------------------------------------------------------------
+    def step(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
+        """One step: ``x: (*B, C, *S) -> y: (*B, C', *S')`` and the next state."""
+        raise NotImplementedError
+
+    def steps(self, params: Params, state: State, xs: Tensor, pad_end: bool = False) -> Tuple[Tensor, State]:
+        """Many steps at once: ``xs: (*B, C, T, *S) -> ys: (*B, C', T', *S')``.
+
+        ``ys`` holds only the emitted outputs (all streams must be in step, see
+        `StreamsOutOfStepError`). With ``pad_end=True`` the outputs that need end padding are
+        appended, while the returned state is the one without the padding, so the stream can
+        continue.
+        """
+        clock = read_shared_clock(self, self.clock(state))
+        return self._steps(params, state, xs, clock, pad_end)
+
+    def _steps(self, params: Params, state: State, xs: Tensor, clock: int, pad_end: bool) -> Tuple[Tensor, State]:
+        raise NotImplementedError
+
+    def forward(self, params: Params, xs: Tensor) -> Tensor:
+        """The regular clip computation, ``(*B, C, T, *S) -> (*B, C', T', *S')``."""
+        raise NotImplementedError
+
+    def step_output_shape(self, input_shape: Sequence[int]) -> Shape:
+        """The shape of a step output for a step input of shape ``input_shape``."""
+        return tuple(input_shape)
+
+    # --- helpers shared by subclasses --------------------------------------------------------
+    def time_axis(self, rank: Optional[int] = None) -> int:
+        """The time axis of a clip, counted from the end (clips may have any leading dims)."""
+        rank = self.step_rank if rank is None else rank
+        if rank is None:
+            return 2  # rank unknown: one batch dim assumed, (B, C, T, ...)
+        return -rank
+
+    def check_step_input(self, x: Tensor, channels: Optional[int] = None) -> None:
+        rank = self.step_rank
+        if not isinstance(x, Tensor):
+            raise InputShapeError(f"{self.label}: expected a tensor step input, got {type(x).__name__}")
+        if rank is None:
+            return
+        if x.dim() < rank:
+            raise InputShapeError(
+                f"{self.label}: a step input has shape (*B, C{', *S' if rank > 1 else ''}) with "
+                f"{rank} non-batch dims, got shape {tuple(x.shape)}"
+            )
+        if channels is not None and x.shape[-rank] != channels:
+            hint = ""
+            if x.dim() > rank and x.shape[-rank - 1] == channels:
+                hint = " (is there a time axis? `step` takes one frame, `steps` takes clips)"
+            raise InputShapeError(
+                f"{self.label}: expected {channels} channels at dim {-rank} of the step input, got "
+                f"shape {tuple(x.shape)}{hint}"
+            )
+
+    def check_clip_input(self, xs: Tensor, channels: Optional[int] = None) -> None:
+        rank = self.step_rank
+        if not isinstance(xs, Tensor):
+            raise InputShapeError(f"{self.label}: expected a tensor clip, got {type(xs).__name__}")
+        if rank is None:
+            return
+        if xs.dim() < rank + 1:
+            raise InputShapeError(
+                f"{self.label}: a clip has shape (*B, C, T{', *S' if rank > 1 else ''}) with "
+                f"{rank + 1} non-batch dims, got shape {tuple(xs.shape)}"
+            )
+        if channels is not None and xs.shape[-rank - 1] != channels:
+            raise InputShapeError(
+                f"{self.label}: expected {channels} channels at dim {-rank - 1} of the clip, got "
+                f"shape {tuple(xs.shape)}"
+            )
+
+    def check_state_batch(self, counter: Tensor, x: Tensor, what: str = "step input") -> None:
+        rank = self.step_rank
+        lead = tuple(x.shape[: x.dim() - (rank if what == "step input" else rank + 1)])
+        if tuple(counter.shape) != lead:
+            raise StateError(
+                f"{self.label}: the state was made for streams of shape {tuple(counter.shape)}, but "
+                f"the {what} has stream dims {lead} (shape {tuple(x.shape)}); re-initialise the "
+                f"state for the new batch"
+            )
+        if counter.device != x.device:
+            raise DTypeDeviceError(
+                f"{self.label}: the state lives on {counter.device} but the {what} on {x.device}"
+            )
+
+    def check_state_type(self, state, expected_type) -> None:
+        if not isinstance(state, expected_type):
+            raise StateError(
+                f"{self.label}: expected a state of type {expected_type.__name__} (from this layer's "
+                f"`init_state`), got {type(state).__name__}"
+            )
+
+
+def module_params(module: torch.nn.Module) -> dict:
+    """The tensors a module's computation reads, nested like its ``state_dict`` keys.
+
+    Parameters and persistent buffers only, and the module's own tensor objects (no copies).
+    """
+    out = {}
+    for name, p in module._parameters.items():
+        if p is not None:
+            out[name] = p
+    non_persistent = module._non_persistent_buffers_set
+    for name, b in module._buffers.items():
+        if b is not None and name not in non_persistent:
+            out[name] = b
+    for name, child in module._modules.items():
+        if child is None:
+            continue
+        sub = module_params(child)
+        if sub:
+            out[name] = sub
+    return out
+
+
+def flatten_params(params: Params, prefix: str = "") -> dict:
+    """``{"0": {"weight": w}} -> {"0.weight": w}``, the keys of a torch.nn ``state_dict``."""
+    flat = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten_params(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def unflatten_params(flat: Mapping[str, Tensor]) -> dict:
+    """The inverse of `flatten_params`: nest a ``state_dict`` by its ``.``-separated keys."""
+    nested: dict = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def check_dtype_device(layer: Layer, x: Tensor, reference: Optional[Tensor], what: str = "step input") -> None:
+    if reference is None:
+        return
+    if x.dtype != reference.dtype:
+        raise DTypeDeviceError(f"{layer.label}: the {what} has dtype {x.dtype}, but the params are {reference.dtype}")
+    if x.device != reference.device:
+        raise DTypeDeviceError(f"{layer.label}: the {what} lives on {x.device}, but the params on {reference.device}")

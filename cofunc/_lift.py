@@ -1,0 +1,195 @@
+"""Lift temporally-local functions and torch.nn modules into stateless continual layers.
+
+A temporally-local operation treats every frame on its own (activations, eval-mode batch norm,
+layer norm over non-temporal axes, dropout at inference), so its step is the operation on one
+frame and its ``steps`` is the operation on the chunk: no state, delay 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._errors import ConfigurationError
+from ._layer import EMPTY_PARAMS, Layer, flatten_params, module_params
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Lift(Layer):
+    """A stateless layer applying ``apply(params, x)`` to each frame and to whole clips.
+
+    ``pointwise=True`` means ``apply`` works on tensors of any rank alike (activations, dropout,
+    layer norm over trailing spatial axes), so a frame is passed as it is. Otherwise the frame
+    is given a time axis of length 1 before ``apply`` and loses it after, and the leading stream
+    dims are flattened into one batch dim when ``rank`` is known.
+    """
+
+    apply: Callable
+    name: str = "lift"
+    pointwise: bool = True
+    rank: Optional[int] = None
+    template: Optional[nn.Module] = None
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @property
+    def step_rank(self):
+        return self.rank
+
+    @property
+    def stateful(self) -> bool:
+        return False
+
+    def with_rank(self, rank: int) -> "Lift":
+        return self if self.rank == rank else dataclasses.replace(self, rank=rank)
+
+    def init_params(self, *, device=None, dtype=None):
+        if self.template is None:
+            return {}
+        fresh = _fresh_copy(self.template)
+        fresh.to(device=device, dtype=dtype)
+        return _nest(module_params(fresh))
+
+    def params_from(self, module):
+        return module_params(module)
+
+    def _apply_clip(self, params, xs):
+        if self.rank is None or xs.dim() == self.rank + 2:
+            return self.apply(params, xs)
+        lead = xs.shape[: xs.dim() - self.rank - 1]
+        y = self.apply(params, xs.reshape((-1,) + tuple(xs.shape[len(lead):])))
+        return y.reshape(tuple(lead) + tuple(y.shape[1:]))
+
+    def step(self, params, state, x):
+        self.check_step_input(x)
+        if self.pointwise:
+            return self.apply(params, x), state
+        axis = 2 if self.rank is None else -self.rank
+        return self._apply_clip(params, x.unsqueeze(axis)).squeeze(axis), state
+
+    def _steps(self, params, state, xs, clock, pad_end):
+        return self.forward(params, xs), state
+
+    def forward(self, params, xs):
+        self.check_clip_input(xs)
+        if self.pointwise:
+            return self.apply(params, xs)
+        return self._apply_clip(params, xs)
+
+    def step_output_shape(self, input_shape):
+        if self.pointwise and self.template is None:
+            return tuple(input_shape)
+        return _meta_step_shape(self, tuple(input_shape))
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_step_shape(layer: Lift, input_shape):
+    params = EMPTY_PARAMS
+    if layer.template is not None:
+        params = _to_meta(module_params(layer.template))
+    y, _ = layer.step(params, (), torch.empty(input_shape, device="meta"))
+    return tuple(y.shape)
+
+
+def _to_meta(tree):
+    return {k: _to_meta(v) if isinstance(v, dict) else v.to("meta") for k, v in tree.items()}
+
+
+def _nest(tree):
+    return {k: _nest(v) if isinstance(v, dict) else v.detach() for k, v in tree.items()}
+
+
+def _fresh_copy(module: nn.Module) -> nn.Module:
+    import copy
+
+    fresh = copy.deepcopy(module)
+    for sub in fresh.modules():
+        if hasattr(sub, "reset_parameters"):
+            sub.reset_parameters()
+    return fresh
+
+
+def lift(fn: Callable[[Tensor], Tensor], *, name: Optional[str] = None, pointwise: bool = True, rank: Optional[int] = None) -> Lift:
+    """Lift a parameter-free, temporally-local function ``fn(x) -> y`` into a stateless layer.
+
+    Example:
+        >>> import torch, cofunc
+        >>> layer = cofunc.lift(torch.relu)
+        >>> y, state = layer.step({}, (), torch.tensor([[-1.0, 2.0]]))
+        >>> y
+        tensor([[0., 2.]])
+    """
+    return Lift(lambda params, x: fn(x), name or getattr(fn, "__name__", "lift"), pointwise, rank)
+
+
+# --- torch.nn modules ------------------------------------------------------------------------
+
+_BATCH_NORMS = {nn.BatchNorm1d: 1, nn.BatchNorm2d: 2, nn.BatchNorm3d: 3}
+_POINTWISE_MODULES = (
+    nn.Threshold, nn.ReLU, nn.RReLU, nn.Hardtanh, nn.ReLU6, nn.Sigmoid, nn.Hardsigmoid, nn.Tanh,
+    nn.SiLU, nn.Mish, nn.Hardswish, nn.ELU, nn.CELU, nn.SELU, nn.GELU, nn.Hardshrink, nn.LeakyReLU,
+    nn.LogSigmoid, nn.Softplus, nn.Softshrink, nn.Softsign, nn.Tanhshrink, nn.Identity,
+)
+_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
+
+
+def _batch_norm_apply(eps: float, affine: bool):
+    def apply(params, x):
+        return F.batch_norm(
+            x, params["running_mean"], params["running_var"], params.get("weight") if affine else None,
+            params.get("bias") if affine else None, False, 0.0, eps,
+        )
+
+    return apply
+
+
+def lift_module(module: nn.Module, *, rank: Optional[int] = None) -> Lift:
+    """Lift a temporally-local torch.nn module into a stateless layer with the module's params.
+
+    Batch norm is applied with its running statistics (its inference behaviour, exact per frame);
+    dropouts are the identity (the inference path has no randomness); activations and layer
+    norm act on each frame. Other modules are applied to each frame with a time axis of length 1
+    through ``torch.func.functional_call``.
+
+    Example:
+        >>> import torch, cofunc
+        >>> bn = torch.nn.BatchNorm3d(4).eval()
+        >>> layer = cofunc.lift_module(bn)
+        >>> x = torch.randn(2, 4, 5, 5)
+        >>> y, _ = layer.step(layer.params_from(bn), (), x)
+        >>> torch.allclose(y, bn(x.unsqueeze(2)).squeeze(2))
+        True
+    """
+    name = type(module).__name__
+    if isinstance(module, tuple(_BATCH_NORMS)):
+        if not module.track_running_stats or module.running_mean is None:
+            raise ConfigurationError(
+                f"{name}: batch norm without running statistics normalises over time, so a step "
+                f"cannot equal the clip; use track_running_stats=True"
+            )
+        bn_rank = _BATCH_NORMS[type(module)] if type(module) in _BATCH_NORMS else rank
+        return Lift(_batch_norm_apply(module.eps, module.affine), name, False, bn_rank if rank is None else rank, module)
+    if isinstance(module, _DROPOUTS):
+        return Lift(lambda params, x: x, name, True, rank, None)
+    if isinstance(module, nn.LayerNorm):
+        shape, eps = tuple(module.normalized_shape), module.eps
+        return Lift(
+            lambda params, x: F.layer_norm(x, shape, params.get("weight"), params.get("bias"), eps),
+            name, True, rank, module if module_params(module) else None,
+        )
+    if isinstance(module, _POINTWISE_MODULES) and not module_params(module):
+        return Lift(lambda params, x: module.forward(x), name, True, rank, None)
+    if not module_params(module):
+        return Lift(lambda params, x: module.forward(x), name, False, rank, None)
+
+    def apply(params, x):
+        return torch.func.functional_call(module, flatten_params(params), (x,), strict=True)
+
+    return Lift(apply, name, False, rank, module)

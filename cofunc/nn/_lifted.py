@@ -1,0 +1,67 @@
+"""Temporally-local torch.nn modules (activations, norms, dropouts) as continual modules.
+
+`continual(module)` returns a copy of the module whose class is a subclass of the module's own
+class and of `ContinualModule`: ``isinstance`` checks, parameter names, ``forward`` and the
+``state_dict`` are the torch module's, and the step modes run `cofunc.lift_module`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Dict, Type
+
+from torch import nn
+
+from .._errors import ConfigurationError
+from .._lift import lift_module
+from ._module import ContinualModule
+
+_STATISTICS_NORMS = (nn.modules.batchnorm._BatchNorm,)
+
+
+class LiftedModule(ContinualModule):
+    """Base of the classes `continual` makes for temporally-local torch.nn modules."""
+
+    def _build_layer(self):
+        return lift_module(self)
+
+    @property
+    def stride(self):
+        return (1,)
+
+    @property
+    def padding(self):
+        return (0,)
+
+    def _check_step_mode(self):
+        if isinstance(self, _STATISTICS_NORMS) and self.training:
+            raise ConfigurationError(
+                f"{type(self).__name__}: in training mode batch norm normalises with the statistics "
+                f"of the whole clip, which a step cannot see; call .eval() before stepping"
+            )
+
+    def forward_step(self, input, update_state=True):
+        self._check_step_mode()
+        return super().forward_step(input, update_state)
+
+    def forward_steps(self, input, pad_end=False, update_state=True):
+        self._check_step_mode()
+        return super().forward_steps(input, pad_end, update_state)
+
+
+_CLASSES: Dict[type, Type[LiftedModule]] = {}
+
+
+def lifted_class(cls: type) -> Type[LiftedModule]:
+    """The continual subclass of a torch.nn module class (made once per class)."""
+    if cls not in _CLASSES:
+        _CLASSES[cls] = type(cls.__name__, (cls, LiftedModule), {"__module__": __name__, "__doc__": cls.__doc__})
+    return _CLASSES[cls]
+
+
+def lift_nn_module(module: nn.Module) -> LiftedModule:
+    """A continual copy of a temporally-local module, with the same options and tensors' values."""
+    lift_module(module)  # validates (for example batch norm without running statistics)
+    new = copy.deepcopy(module)
+    new.__class__ = lifted_class(type(module))
+    return new

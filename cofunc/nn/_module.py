@@ -1,0 +1,171 @@
+"""The adapter base: an ``nn.Module`` that runs a cofunc `Layer` with co's call modes."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import optree
+import torch
+from torch import Tensor, nn
+
+from .._errors import StateError, StreamsOutOfStepError
+from .._layer import Layer, module_params
+from ._call_mode import _stack, current_call_mode, normalise_call_mode
+
+
+class _ForwardMode:
+    """While a layer computes, modules it calls run their torch ``forward`` (no re-dispatch)."""
+
+    def __enter__(self):
+        _stack().append("forward")
+
+    def __exit__(self, *exc):
+        _stack().pop()
+
+
+_forward_mode = _ForwardMode()
+
+
+class ContinualModule(nn.Module):
+    """Mix-in for cofunc's nn adapters (co's ``CoModule`` contract).
+
+    Subclasses implement ``_build_layer()``. The clip ``forward`` is the torch.nn computation;
+    ``forward_step`` and ``forward_steps`` run the functional `Layer` on ``.params`` (the
+    module's own tensors) and the stream state kept in a plain attribute, outside the
+    ``state_dict``. Streams share one clock here, as in co: a warming-up or strided step
+    returns ``None``.
+    """
+
+    _co_state: Any = None
+    _co_call_mode: str = "forward"
+
+    # --- the functional view ----------------------------------------------------------------
+    def _build_layer(self) -> Layer:
+        raise NotImplementedError
+
+    @property
+    def layer(self) -> Layer:
+        """The cofunc `Layer` this module runs."""
+        layer = self.__dict__.get("_co_layer")
+        if layer is None:
+            layer = self._build_layer()
+            self.__dict__["_co_layer"] = layer
+        return layer
+
+    def _layer_for(self, rank: int) -> Layer:
+        layer = self.layer
+        return layer if layer.step_rank is not None else layer.with_rank(rank)
+
+    @property
+    def params(self) -> dict:
+        """The tensors the computation reads (parameters, persistent buffers), nested by name."""
+        return module_params(self)
+
+    # --- temporal metadata (co's names; stride and padding are tuples, time first) ----------
+    @property
+    def delay(self) -> int:
+        return self.layer.delay
+
+    @property
+    def receptive_field(self) -> int:
+        return self.layer.receptive_field
+
+    # --- call modes ---------------------------------------------------------------------------
+    @property
+    def call_mode(self) -> str:
+        return self._co_call_mode
+
+    @call_mode.setter
+    def call_mode(self, mode) -> None:
+        self._co_call_mode = normalise_call_mode(mode)
+
+    def __call__(self, *args, **kwargs):
+        mode = current_call_mode() or self._co_call_mode
+        if mode == "forward_step":
+            return self.forward_step(*args, **kwargs)
+        if mode == "forward_steps":
+            return self.forward_steps(*args, **kwargs)
+        with _forward_mode:
+            return super().__call__(*args, **kwargs)
+
+    # --- stepping -----------------------------------------------------------------------------
+    def _fresh_state(self, layer: Layer, step_shape, like: Tensor):
+        return layer.init_state(self.params, step_shape, device=like.device, dtype=like.dtype)
+
+    def forward_step(self, input: Tensor, update_state: bool = True) -> Optional[Tensor]:
+        """One frame ``(B, C, *S)`` in; the output frame, or ``None`` while warming up or on a
+        strided step. ``update_state=False`` leaves the stored state as it was."""
+        layer = self._layer_for(input.dim() - 1)
+        with _forward_mode:
+            state = self._co_state
+            if state is None:
+                state = self._fresh_state(layer, tuple(input.shape), input)
+            y, new_state = layer.step(self.params, state, input)
+            valid = _all_or_none(layer, layer.valid(new_state))
+        if update_state:
+            self._co_state = new_state
+        return y if valid else None
+
+    def forward_steps(self, input: Tensor, pad_end: bool = False, update_state: bool = True) -> Optional[Tensor]:
+        """A clip ``(B, C, T, *S)`` of steps in; the emitted outputs stacked on dim 2, or
+        ``None`` if there were none. ``pad_end=True`` appends the outputs that need end padding
+        without storing the padded state."""
+        layer = self._layer_for(input.dim() - 2)
+        with _forward_mode:
+            state = self._co_state
+            if state is None:
+                axis = layer.time_axis()
+                step_shape = list(input.shape)
+                del step_shape[axis]
+                state = self._fresh_state(layer, tuple(step_shape), input)
+            ys, new_state = layer.steps(self.params, state, input, pad_end=pad_end)
+        if update_state:
+            self._co_state = new_state
+        return ys if ys.shape[layer.time_axis()] > 0 else None
+
+    def warm_up(self, step_shape) -> None:
+        """Feed ``delay`` zero frames, as co's ``warm_up`` does."""
+        if self.delay > 0:
+            param = next(iter(optree.tree_leaves(self.params)), None)
+            shape = list(step_shape)
+            shape.insert(2, self.delay)
+            kwargs = {} if param is None else {"device": param.device, "dtype": param.dtype}
+            self.forward_steps(torch.zeros(shape, **kwargs))
+
+    # --- state --------------------------------------------------------------------------------
+    def clean_state(self) -> None:
+        """Forget the stream: the next step starts from a fresh state."""
+        self._co_state = None
+
+    def get_state(self):
+        """The stream state (a pytree of tensors), or ``None`` before the first step."""
+        return self._co_state
+
+    def set_state(self, state) -> None:
+        """Resume from a state returned by ``get_state`` (of this module or an equal one)."""
+        if state is not None:
+            current = self._co_state
+            if current is not None:
+                want = optree.tree_structure(current, namespace="cofunc")
+                got = optree.tree_structure(state, namespace="cofunc")
+                if want != got:
+                    raise StateError(f"{self.layer.label}: set_state expected a state structured as {want}, got {got}")
+                for a, b in zip(optree.tree_leaves(current, namespace="cofunc"), optree.tree_leaves(state, namespace="cofunc")):
+                    if a.shape != b.shape or a.dtype != b.dtype:
+                        raise StateError(
+                            f"{self.layer.label}: set_state expected leaves of shape {tuple(a.shape)} and "
+                            f"dtype {a.dtype}, got {tuple(b.shape)} and {b.dtype}"
+                        )
+        self._co_state = state
+
+
+def _all_or_none(layer: Layer, valid: Tensor) -> bool:
+    if valid.dim() == 0 or valid.numel() <= 1:
+        return bool(valid.all())
+    n = int(valid.sum())
+    if 0 < n < valid.numel():
+        raise StreamsOutOfStepError(
+            f"{layer.label}: the streams of this module's state are at different positions; an "
+            f"nn adapter steps all streams on one clock (use the functional Layer for streams out of step)"
+        )
+    return n > 0

@@ -1,0 +1,73 @@
+"""``Sequential``: co's sequential container."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+from .._seq import Seq
+from ._module import ContinualModule, _forward_mode
+
+
+class Sequential(ContinualModule, nn.Sequential):
+    """``torch.nn.Sequential`` whose children step through time together.
+
+    torch.nn children are converted with `continual` as they are added, so the ``state_dict``
+    of the equivalent ``torch.nn.Sequential`` loads unchanged. ``forward`` is the torch clip
+    computation (training-mode dropout and batch norm included); the step modes run
+    `cofunc.seq` over the children's layers.
+
+    Example:
+        >>> import torch, cofunc.nn as cn
+        >>> net = cn.Sequential(cn.Conv1d(1, 4, 3, padding=2, stride=2), torch.nn.ReLU(), cn.Conv1d(4, 1, 3))
+        >>> net.receptive_field, net.padding, net.delay, net.stride
+        (7, (2,), 4, (2,))
+    """
+
+    def __init__(self, *args):
+        from ._convert import continual
+
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            args = (OrderedDict((k, continual(m)) for k, m in args[0].items()),)
+        else:
+            args = tuple(continual(m) for m in args)
+        super().__init__(*args)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, nn.Module) and not isinstance(value, ContinualModule) and name in getattr(self, "_modules", {}):
+            from ._convert import continual
+
+            value = continual(value)
+        super().__setattr__(name, value)
+
+    def append(self, module: nn.Module) -> "Sequential":
+        from ._convert import continual
+
+        return super().append(continual(module))
+
+    @property
+    def layer(self) -> Seq:
+        children = tuple((name, m.layer) for name, m in self._modules.items())
+        cached = self.__dict__.get("_co_layer")
+        if cached is None or cached[0] != tuple(id(layer) for _, layer in children):
+            cached = (tuple(id(layer) for _, layer in children), Seq(children))
+            self.__dict__["_co_layer"] = cached
+        return cached[1]
+
+    @property
+    def stride(self):
+        return (self.layer.stride,)
+
+    @property
+    def padding(self):
+        return (self.layer.padding,)
+
+    def clean_state(self):
+        super().clean_state()
+        for m in self._modules.values():
+            m.clean_state()
+
+    def forward(self, input):
+        with _forward_mode:
+            return nn.Sequential.forward(self, input)
