@@ -25,6 +25,7 @@ from ._layer import (
     expand_mask,
     first_emitting_step,
     values_are_concrete,
+    with_one_batch_dim,
 )
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -217,7 +218,7 @@ class Conv(Layer):
                 return conv(F.pad(x, pads, mode=self.padding_mode), weight, bias, self.conv_stride, 0, self.dilation, self.groups)
             return conv(x, weight, bias, self.conv_stride, self.padding_spec, self.dilation, self.groups)
 
-        return _with_one_batch_dim(run, xs, self.dims + 1)
+        return with_one_batch_dim(run, xs, self.dims + 1)
 
     def _window_conv(self, params, window: Tensor, time_stride: int) -> Tensor:
         """Convolve a clip that already holds its temporal context (no temporal padding)."""
@@ -235,7 +236,7 @@ class Conv(Layer):
                 x = F.pad(x, pads, mode=mode)
             return conv(x, weight, bias, stride, 0, self.dilation, self.groups)
 
-        return _with_one_batch_dim(run, window, self.dims + 1)
+        return with_one_batch_dim(run, window, self.dims + 1)
 
     def _check(self, params, state, x, clip: bool):
         if clip:
@@ -284,6 +285,8 @@ class Conv(Layer):
         step_shape = list(xs.shape)
         del step_shape[axis]
         if not self.stateful:  # kernel 1, stride 1, no padding: nothing to buffer or flush
+            if n_new == 0:
+                return empty_clip(xs, self.step_output_shape(step_shape), axis), state
             return self._window_conv(params, xs, 1), state
         buffer, count = state
         if self.temporal_fill == "replicate" and clock == 0 and n_new > 0:
@@ -303,15 +306,6 @@ class Conv(Layer):
             flushed = self._emit(params, torch.cat([next_buffer, fill], dim=axis), clock + n_new, self.padding_end, step_shape)
             ys = torch.cat([ys, flushed], dim=axis)
         return ys, ConvState(next_buffer, count + n_new)
-
-
-def _with_one_batch_dim(fn, x: Tensor, unbatched_rank: int) -> Tensor:
-    """Apply a torch op that takes exactly one batch dim to ``x`` with any leading dims."""
-    lead = x.shape[: x.dim() - unbatched_rank]
-    if len(lead) == 1:
-        return fn(x)
-    y = fn(x.reshape((-1,) + tuple(x.shape[len(lead):])))
-    return y.reshape(tuple(lead) + tuple(y.shape[1:]))
 
 
 def _make(dims):

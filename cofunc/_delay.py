@@ -57,6 +57,10 @@ class Delay(Layer):
     def stateful(self) -> bool:
         return self.n > 0
 
+    @property
+    def keeps_rank(self) -> bool:
+        return True
+
     def with_rank(self, rank: int) -> "Delay":
         return self if self.rank == rank else dataclasses.replace(self, rank=rank)
 

@@ -149,7 +149,13 @@ class Layer:
 
     @property
     def out_rank(self) -> Optional[int]:
+        """The non-batch rank of a step output (None if unknown)."""
         return self.step_rank
+
+    @property
+    def keeps_rank(self) -> bool:
+        """Whether outputs have the rank of inputs, whatever it is (delays, pointwise functions)."""
+        return False
 
     @property
     def label(self) -> str:
@@ -295,6 +301,20 @@ class Layer:
                 f"{self.label}: expected a state of type {expected_type.__name__} (from this layer's "
                 f"`init_state`), got {type(state).__name__}"
             )
+
+
+def with_one_batch_dim(fn: Callable[[Tensor], Tensor], x: Tensor, unbatched_rank: Optional[int]) -> Tensor:
+    """Apply ``fn``, which takes exactly one batch dim, to ``x`` with any leading stream dims.
+
+    With ``unbatched_rank=None`` the rank is unknown and ``x`` is assumed to have one batch dim.
+    """
+    if unbatched_rank is None:
+        return fn(x)
+    lead = x.shape[: x.dim() - unbatched_rank]
+    if len(lead) == 1:
+        return fn(x)
+    y = fn(x.reshape((-1,) + tuple(x.shape[len(lead):])))
+    return y.reshape(tuple(lead) + tuple(y.shape[1:]))
 
 
 def module_params(module: torch.nn.Module) -> dict:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import EMPTY_PARAMS, Layer, flatten_params, module_params
+from ._layer import EMPTY_PARAMS, Layer, flatten_params, module_params, with_one_batch_dim
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -34,6 +34,7 @@ class Lift(Layer):
     pointwise: bool = True
     rank: Optional[int] = None
     template: Optional[nn.Module] = None
+    same_rank: bool = False
 
     @property
     def label(self) -> str:
@@ -60,19 +61,24 @@ class Lift(Layer):
     def params_from(self, module):
         return module_params(module)
 
-    def _apply_clip(self, params, xs):
-        if self.rank is None or xs.dim() == self.rank + 2:
-            return self.apply(params, xs)
-        lead = xs.shape[: xs.dim() - self.rank - 1]
-        y = self.apply(params, xs.reshape((-1,) + tuple(xs.shape[len(lead):])))
-        return y.reshape(tuple(lead) + tuple(y.shape[1:]))
+    @property
+    def keeps_rank(self) -> bool:
+        # A per-frame module may change the rank (a spatial mean, say).
+        return self.pointwise or self.same_rank
+
+    @property
+    def out_rank(self):
+        return self.rank if self.keeps_rank else None
 
     def step(self, params, state, x):
         self.check_step_input(x)
         if self.pointwise:
             return self.apply(params, x), state
-        axis = 2 if self.rank is None else -self.rank
-        return self._apply_clip(params, x.unsqueeze(axis)).squeeze(axis), state
+
+        def on_frame(frame):  # (N, C, *S): give it a time axis of length 1, as in a clip
+            return self.apply(params, frame.unsqueeze(2)).squeeze(2)
+
+        return with_one_batch_dim(on_frame, x, self.rank), state
 
     def _steps(self, params, state, xs, clock, pad_end):
         return self.forward(params, xs), state
@@ -81,7 +87,7 @@ class Lift(Layer):
         self.check_clip_input(xs)
         if self.pointwise:
             return self.apply(params, xs)
-        return self._apply_clip(params, xs)
+        return with_one_batch_dim(lambda clip: self.apply(params, clip), xs, None if self.rank is None else self.rank + 1)
 
     def step_output_shape(self, input_shape):
         if self.pointwise and self.template is None:
@@ -174,8 +180,8 @@ def lift_module(module: nn.Module, *, rank: Optional[int] = None) -> Lift:
                 f"{name}: batch norm without running statistics normalises over time, so a step "
                 f"cannot equal the clip; use track_running_stats=True"
             )
-        bn_rank = _BATCH_NORMS[type(module)] if type(module) in _BATCH_NORMS else rank
-        return Lift(_batch_norm_apply(module.eps, module.affine), name, False, bn_rank if rank is None else rank, module)
+        bn_rank = rank if rank is not None else next(r for cls, r in _BATCH_NORMS.items() if isinstance(module, cls))
+        return Lift(_batch_norm_apply(module.eps, module.affine), name, False, bn_rank, module, same_rank=True)
     if isinstance(module, _DROPOUTS):
         return Lift(lambda params, x: x, name, True, rank, None)
     if isinstance(module, nn.LayerNorm):

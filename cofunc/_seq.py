@@ -12,21 +12,25 @@ from ._layer import EMPTY_PARAMS, Layer, emitted, tree_where, values_are_concret
 
 
 def _resolve_ranks(children):
-    """Give rank-agnostic children (delays, lifted modules) the rank of their neighbours."""
+    """Give rank-agnostic children (delays, lifted modules) the rank of their neighbours.
+
+    Forward, a child takes the output rank of the layer before it; backward, only children that
+    keep the rank (delays, pointwise functions) can take the input rank of the layer after them.
+    """
     children = list(children)
     known = None
     for i, (name, child) in enumerate(children):
         if child.step_rank is None and known is not None:
             child = child.with_rank(known)
             children[i] = (name, child)
-        known = child.out_rank if child.out_rank is not None else known
+        known = child.out_rank
     known = None
     for i in range(len(children) - 1, -1, -1):
         name, child = children[i]
-        if child.step_rank is None and known is not None:
+        if child.step_rank is None and known is not None and child.keeps_rank:
             child = child.with_rank(known)
             children[i] = (name, child)
-        known = child.step_rank if child.step_rank is not None else known
+        known = child.step_rank
     return tuple(children)
 
 
@@ -101,6 +105,10 @@ class Seq(Layer):
     @property
     def out_rank(self):
         return self.layers[-1].out_rank
+
+    @property
+    def keeps_rank(self) -> bool:
+        return all(child.keeps_rank for child in self.layers)
 
     @property
     def stateful(self) -> bool:
