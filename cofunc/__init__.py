@@ -4,8 +4,24 @@ Every layer is a `Layer` record of pure functions ``(params, state, x) -> (y, st
 explicit state pytrees. `cofunc.nn` wraps them as drop-in replacements for co's modules.
 """
 
+from ._combinators import (
+    Broadcast,
+    BroadcastReduce,
+    Conditional,
+    ConditionalState,
+    Parallel,
+    ParallelDispatch,
+    Reduce,
+    broadcast,
+    broadcast_reduce,
+    conditional,
+    parallel,
+    parallel_dispatch,
+    reduce,
+    residual,
+)
 from ._conv import Conv, ConvState, conv1d, conv2d, conv3d
-from ._delay import Delay, DelayState, delay
+from ._delay import Delay, DelayState, delay, skip
 from ._errors import (
     CofuncError,
     ConfigurationError,
@@ -17,12 +33,33 @@ from ._errors import (
 )
 from ._layer import Layer, flatten_params, module_params, unflatten_params
 from ._lift import Lift, lift, lift_module
+from ._pool import (
+    AdaptivePool,
+    Pool,
+    adaptive_avg_pool2d,
+    adaptive_avg_pool3d,
+    adaptive_max_pool2d,
+    adaptive_max_pool3d,
+    avg_pool1d,
+    avg_pool2d,
+    avg_pool3d,
+    max_pool1d,
+    max_pool2d,
+    max_pool3d,
+)
 from ._seq import Seq, seq
+from ._shape import Linear, Reshape, add, constant, identity, linear, multiply, one, reshape, zero
+from ._window import WindowLayer, WindowState
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdaptivePool",
+    "Broadcast",
+    "BroadcastReduce",
     "CofuncError",
+    "Conditional",
+    "ConditionalState",
     "ConfigurationError",
     "Conv",
     "ConvState",
@@ -32,18 +69,52 @@ __all__ = [
     "InputShapeError",
     "Layer",
     "Lift",
+    "Linear",
+    "Parallel",
+    "ParallelDispatch",
+    "Pool",
+    "Reduce",
+    "Reshape",
     "Seq",
     "StateError",
     "StreamsOutOfStepError",
     "UnsupportedModuleError",
+    "WindowLayer",
+    "WindowState",
+    "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d",
+    "adaptive_max_pool2d",
+    "adaptive_max_pool3d",
+    "add",
+    "avg_pool1d",
+    "avg_pool2d",
+    "avg_pool3d",
+    "broadcast",
+    "broadcast_reduce",
+    "conditional",
+    "constant",
     "conv1d",
     "conv2d",
     "conv3d",
     "delay",
     "flatten_params",
+    "identity",
     "lift",
     "lift_module",
+    "linear",
+    "max_pool1d",
+    "max_pool2d",
+    "max_pool3d",
     "module_params",
+    "multiply",
+    "one",
+    "parallel",
+    "parallel_dispatch",
+    "reduce",
+    "reshape",
+    "residual",
     "seq",
+    "skip",
     "unflatten_params",
+    "zero",
 ]

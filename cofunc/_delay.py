@@ -1,4 +1,10 @@
-"""``delay(n)``: emit each frame ``n`` steps after it arrived."""
+"""Frame-selecting layers: ``delay(n)``, ``skip(n)`` and the residual shrinks.
+
+All of them output, at step ``t``, the input frame ``t - lag``, and emit from step
+``window - 1`` on. ``delay(n)`` (lag ``n``, window ``n + 1``) has an identity ``forward`` and
+flushes its ``n`` buffered frames with ``pad_end``; ``skip(n)`` (lag 0) drops the first ``n``
+frames; the residual shrinks pick the centre, oldest or newest frame of a module's window.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from ._layer import Layer, first_emitting_step
 
 
 class DelayState(NamedTuple):
-    """buffer: ``(*B, C, n, *S)``, the last ``n`` frames, oldest first; count: ``(*B,)`` int64."""
+    """buffer: ``(*B, C, lag, *S)``, the last ``lag`` frames, oldest first; count: ``(*B,)`` int64."""
 
     buffer: Tensor
     count: Tensor
@@ -21,33 +27,51 @@ class DelayState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Delay(Layer):
-    """Delays a stream by ``n`` steps; the clip ``forward`` is the identity.
+    """Outputs at step ``t`` the input of step ``t - n``, from step ``window - 1`` on.
+
+    ``window`` defaults to ``n + 1`` and ``end`` (frames flushed by ``pad_end``) to ``n``: a
+    plain delay whose clip ``forward`` is the identity. In general ``forward`` keeps clip frames
+    ``window - 1 - n`` to ``T + end - 1 - n``.
 
     ``rank`` is the non-batch rank of a step input (``1 + len(S)``); inside a `seq` it is taken
-    from the neighbouring layers. ``steps(..., pad_end=True)`` flushes the ``n`` buffered frames,
-    so from a fresh state it returns its input unchanged, like ``forward``.
+    from the neighbouring layers.
     """
 
     n: int
     rank: Optional[int] = None
+    window: Optional[int] = None
+    end: Optional[int] = None
 
     def __post_init__(self):
         if not isinstance(self.n, int) or self.n < 0:
             raise ConfigurationError(f"delay: `n` must be a non-negative int, got {self.n!r}")
+        if self.window is None:
+            object.__setattr__(self, "window", self.n + 1)
+        if self.end is None:
+            object.__setattr__(self, "end", self.n)
+        if self.window < self.n + 1 or not 0 <= self.end <= self.n:
+            raise ConfigurationError(
+                f"{self.label}: needs window >= n + 1 and 0 <= end <= n (outputs must be real frames), "
+                f"got window={self.window}, end={self.end}"
+            )
         if self.rank is not None and self.rank < 1:
-            raise ConfigurationError(f"delay({self.n}): `rank` must be at least 1 (the channel axis), got {self.rank}")
+            raise ConfigurationError(f"{self.label}: `rank` must be at least 1 (the channel axis), got {self.rank}")
 
     @property
     def label(self) -> str:
-        return f"delay({self.n})"
+        if self.window == self.n + 1 and self.end == self.n:
+            return f"delay({self.n})"
+        if self.n == 0 and self.end == 0:
+            return f"skip({self.window - 1})"
+        return f"delay({self.n}, window={self.window}, end={self.end})"
 
     @property
     def receptive_field(self) -> int:
-        return self.n + 1
+        return self.window
 
     @property
     def padding_end(self) -> int:
-        return self.n
+        return self.end
 
     @property
     def step_rank(self):
@@ -55,7 +79,7 @@ class Delay(Layer):
 
     @property
     def stateful(self) -> bool:
-        return self.n > 0
+        return self.window > 1
 
     @property
     def keeps_rank(self) -> bool:
@@ -76,11 +100,10 @@ class Delay(Layer):
         return state.count if self.stateful else None
 
     def _check(self, state, x, what):
-        if self.stateful:
-            self.check_state_type(state, DelayState)
-            if self.rank is None:
-                self.batch_shape(x.shape)  # raises: the rank is needed to find the stream dims
-            self.check_state_batch(state.count, x, what)
+        self.check_state_type(state, DelayState)
+        if self.rank is None:
+            self.batch_shape(x.shape)  # raises: the rank is needed to find the stream dims
+        self.check_state_batch(state.count, x, what)
 
     def step(self, params, state, x):
         """``x: (*B, C, *S)`` in, the frame of ``n`` steps ago out (zeros while warming up)."""
@@ -88,18 +111,20 @@ class Delay(Layer):
         if not self.stateful:
             return x, state
         self._check(state, x, "step input")
-        axis = -self.rank
         buffer, count = state
+        if self.n == 0:
+            return x, DelayState(buffer, count + 1)
+        axis = -self.rank
         window = torch.cat([buffer, x.unsqueeze(axis)], dim=axis)
-        y = window.select(axis, 0)
-        return y, DelayState(window.narrow(axis, 1, self.n), count + 1)
+        return window.select(axis, 0), DelayState(window.narrow(axis, 1, self.n), count + 1)
 
-    def _emit(self, window: Tensor, clock: int, n_new: int) -> Tensor:
+    def _emit(self, frames: Tensor, clock: int, n_new: int) -> Tensor:
+        """Outputs of steps ``clock .. clock + n_new - 1``; ``frames`` starts at frame ``clock - n``."""
         axis = self.time_axis()
         first = first_emitting_step(clock, self.delay, 1)
         if first > clock + n_new - 1:
-            return window.narrow(axis, 0, 0)
-        return window.narrow(axis, first - clock, clock + n_new - first)
+            return frames.narrow(axis, 0, 0)
+        return frames.narrow(axis, first - clock, clock + n_new - first)
 
     def _steps(self, params, state, xs, clock, pad_end):
         self.check_clip_input(xs)
@@ -109,17 +134,24 @@ class Delay(Layer):
         axis = self.time_axis()
         buffer, count = state
         n_new = xs.shape[axis]
-        window = torch.cat([buffer, xs], dim=axis)
-        next_buffer = window.narrow(axis, window.shape[axis] - self.n, self.n)
-        ys = self._emit(window, clock, n_new)
-        if pad_end:
-            flushed = self._emit(torch.cat([next_buffer, torch.zeros_like(next_buffer)], dim=axis), clock + n_new, self.n)
+        frames = torch.cat([buffer, xs], dim=axis)
+        next_buffer = frames.narrow(axis, frames.shape[axis] - self.n, self.n)
+        ys = self._emit(frames, clock, n_new)
+        if pad_end and self.end:
+            fill_shape = list(next_buffer.shape)
+            fill_shape[axis] = self.end
+            flushed = self._emit(torch.cat([next_buffer, next_buffer.new_zeros(fill_shape)], dim=axis), clock + n_new, self.end)
             ys = torch.cat([ys, flushed], dim=axis)
         return ys, DelayState(next_buffer, count + n_new)
 
     def forward(self, params, xs):
         self.check_clip_input(xs)
-        return xs
+        axis = self.time_axis()
+        start = self.window - 1 - self.n
+        length = xs.shape[axis] + self.end - (self.window - 1)
+        if start == 0 and length == xs.shape[axis]:
+            return xs
+        return xs.narrow(axis, start, max(length, 0))
 
 
 def delay(n: int, rank: Optional[int] = None) -> Delay:
@@ -136,3 +168,13 @@ def delay(n: int, rank: Optional[int] = None) -> Delay:
     """
     return Delay(n, rank)
 
+
+def skip(n: int, rank: Optional[int] = None) -> Delay:
+    """Drop the first ``n`` frames: ``forward`` returns ``x[:, :, n:]``, steps emit from step ``n``.
+
+    Example:
+        >>> import cofunc
+        >>> cofunc.skip(2).delay
+        2
+    """
+    return Delay(0, rank, window=n + 1, end=0)

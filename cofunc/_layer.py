@@ -99,6 +99,31 @@ def read_shared_clock(layer: "Layer", counter: Optional[Tensor]) -> int:
     return lo
 
 
+def map_values(fn: Callable, *values):
+    """Apply ``fn`` to a tensor value, or element-wise to tuples of tensors (multi-stream values)."""
+    if isinstance(values[0], tuple):
+        return tuple(map_values(fn, *parts) for parts in zip(*values))
+    return fn(*values)
+
+
+def first_tensor(value) -> Tensor:
+    return first_tensor(value[0]) if isinstance(value, tuple) else value
+
+
+def shape_of(value):
+    """The step shape of a value: a tuple of ints, or a list of shapes for multi-stream values."""
+    if isinstance(value, tuple):
+        return [shape_of(v) for v in value]
+    return tuple(value.shape)
+
+
+def zeros_of_shape(like: Tensor, shape):
+    """Zeros of a step shape; a list of shapes (multi-stream values) gives a tuple of tensors."""
+    if isinstance(shape, list):
+        return tuple(zeros_of_shape(like, s) for s in shape)
+    return like.new_zeros(shape)
+
+
 def empty_clip(like: Tensor, step_shape: Shape, time_axis: int) -> Tensor:
     """A clip of zero length whose step shape is ``step_shape``."""
     shape = list(step_shape)
@@ -243,6 +268,10 @@ class Layer:
         if rank is None:
             return 2  # rank unknown: one batch dim assumed, (B, C, T, ...)
         return -rank
+
+    def out_time_axis(self) -> int:
+        """The time axis of an output clip, counted from the end when the output rank is known."""
+        return self.time_axis(self.out_rank) if self.out_rank is not None else 2
 
     def check_step_input(self, x: Tensor, channels: Optional[int] = None) -> None:
         rank = self.step_rank

@@ -35,6 +35,7 @@ class Lift(Layer):
     rank: Optional[int] = None
     template: Optional[nn.Module] = None
     same_rank: bool = False
+    frame_loop: bool = False
 
     @property
     def label(self) -> str:
@@ -76,6 +77,8 @@ class Lift(Layer):
             return self.apply(params, x), state
 
         def on_frame(frame):  # (N, C, *S): give it a time axis of length 1, as in a clip
+            if self.frame_loop:
+                return self.apply(params, frame)
             return self.apply(params, frame.unsqueeze(2)).squeeze(2)
 
         return with_one_batch_dim(on_frame, x, self.rank), state
@@ -87,7 +90,16 @@ class Lift(Layer):
         self.check_clip_input(xs)
         if self.pointwise:
             return self.apply(params, xs)
-        return with_one_batch_dim(lambda clip: self.apply(params, clip), xs, None if self.rank is None else self.rank + 1)
+        if self.frame_loop:
+            def on_clip(clip):
+                if clip.shape[2] == 0:  # the output shape comes from a stand-in frame
+                    shape = self.apply(params, clip.new_zeros(clip.shape[:2] + clip.shape[3:])).shape
+                    return clip.new_zeros(shape[:2] + (0,) + shape[2:])
+                return torch.stack([self.apply(params, frame) for frame in clip.unbind(2)], dim=2)
+        else:
+            def on_clip(clip):
+                return self.apply(params, clip)
+        return with_one_batch_dim(on_clip, xs, None if self.rank is None else self.rank + 1)
 
     def step_output_shape(self, input_shape):
         if self.pointwise and self.template is None:

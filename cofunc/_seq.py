@@ -8,7 +8,7 @@ from typing import Mapping, Tuple, Union
 import torch
 
 from ._errors import ConfigurationError, StateError
-from ._layer import EMPTY_PARAMS, Layer, emitted, tree_where, values_are_concrete
+from ._layer import EMPTY_PARAMS, Layer, emitted, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
 
 
 def _resolve_ranks(children):
@@ -129,15 +129,15 @@ class Seq(Layer):
         return params
 
     def init_state(self, params, input_shape, *, device=None, dtype=None):
-        states, shape = [], tuple(input_shape)
-        for name, child in self.children:
-            p = params.get(name, EMPTY_PARAMS)
+        states, shape = [], input_shape
+        for i, (name, child) in enumerate(self.children):
+            p = self._child_params(params, i, name)
             states.append(child.init_state(p, shape, device=device, dtype=dtype))
             shape = child.step_output_shape(shape)
         return tuple(states)
 
     def step_output_shape(self, input_shape):
-        shape = tuple(input_shape)
+        shape = input_shape
         for child in self.layers:
             shape = child.step_output_shape(shape)
         return shape
@@ -157,6 +157,9 @@ class Seq(Layer):
                 out = v if out is None else out & v
         return torch.ones((), dtype=torch.bool) if out is None else out
 
+    def _child_params(self, params, index: int, name: str):
+        return params.get(name, EMPTY_PARAMS)
+
     def _check_state(self, state):
         if not isinstance(state, tuple) or len(state) != len(self.children):
             got = f"a {type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
@@ -168,7 +171,7 @@ class Seq(Layer):
         new_states = list(state)
         y = x
         for i, (name, child) in enumerate(self.children):
-            y, s = child.step(params.get(name, EMPTY_PARAMS), state[i], y)
+            y, s = child.step(self._child_params(params, i, name), state[i], y)
             if mask is not None and child.stateful:
                 s = tree_where(mask, s, state[i])
             new_states[i] = s
@@ -181,10 +184,10 @@ class Seq(Layer):
                         mask = None
                     elif n_valid == 0:
                         # No stream has input for the rest: skip it, states stay as they are.
-                        shape = y.shape
+                        shape = shape_of(y)
                         for _, rest in self.children[i + 1:]:
                             shape = rest.step_output_shape(shape)
-                        return y.new_zeros(shape), tuple(new_states)
+                        return zeros_of_shape(first_tensor(y), shape), tuple(new_states)
         return y, tuple(new_states)
 
     def _steps(self, params, state, xs, clock, pad_end):
@@ -194,22 +197,23 @@ class Seq(Layer):
         for i, (name, child) in enumerate(self.children):
             clocks.append(c)
             axis = child.time_axis()
-            counts.append(ys.shape[axis])
-            ys, s = child._steps(params.get(name, EMPTY_PARAMS), state[i], ys, c, False)
+            counts.append(first_tensor(ys).shape[axis])
+            ys, s = child._steps(self._child_params(params, i, name), state[i], ys, c, False)
             new_states.append(s)
             c = emitted(c, child.delay, child.stride)
         if pad_end:
             # Flush from the state after the chunk; the flushed states are thrown away.
             first_axis = self.layers[0].time_axis()
-            zs = xs.narrow(first_axis, xs.shape[first_axis], 0)
+            zs = map_values(lambda t: t.narrow(first_axis, t.shape[first_axis], 0), xs)
             for i, (name, child) in enumerate(self.children):
-                zs, _ = child._steps(params.get(name, EMPTY_PARAMS), new_states[i], zs, clocks[i] + counts[i], True)
-            ys = torch.cat([ys, zs], dim=self.layers[-1].time_axis())
+                zs, _ = child._steps(self._child_params(params, i, name), new_states[i], zs, clocks[i] + counts[i], True)
+            last_axis = self.layers[-1].out_time_axis()
+            ys = map_values(lambda a, b: torch.cat([a, b], dim=last_axis), ys, zs)
         return ys, tuple(new_states)
 
     def forward(self, params, xs):
-        for name, child in self.children:
-            xs = child.forward(params.get(name, EMPTY_PARAMS), xs)
+        for i, (name, child) in enumerate(self.children):
+            xs = child.forward(self._child_params(params, i, name), xs)
         return xs
 
 
