@@ -519,6 +519,12 @@ class Conditional(Layer):
     delay = property(lambda self: max(self._true.delay, self._false.delay))
     stride = property(lambda self: self.on_true.stride)
     step_rank = property(lambda self: self.on_true.step_rank)
+    out_rank = property(lambda self: self.on_true.out_rank)
+    keeps_rank = property(lambda self: self.on_true.keeps_rank and (self.on_false is None or self.on_false.keeps_rank))
+
+    def with_rank(self, rank):
+        on_false = None if self.on_false is None else self.on_false.with_rank(rank)
+        return Conditional(self.predicate, self.on_true.with_rank(rank), on_false)
 
     def init_params(self, *, device=None, dtype=None):
         params = {"0": self.on_true.init_params(device=device, dtype=dtype)}

@@ -247,6 +247,9 @@ class Conv(Layer):
         if self.stateful:
             self.check_state_type(state, ConvState)
             self.check_state_batch(state.count, x, "clip" if clip else "step input")
+            self.check_state_buffer(
+                state.buffer, state.count, self.receptive_field - 1, x, "clip" if clip else "step input", self.in_channels
+            )
 
     def step(self, params, state, x):
         """One frame ``x: (*B, C_in, *S)`` to one output frame ``(*B, C_out, *S')``."""
@@ -261,7 +264,9 @@ class Conv(Layer):
             buffer = torch.where(first, frame.expand_as(buffer), buffer)
         window = torch.cat([buffer, frame], dim=axis)
         count = count + 1
-        next_state = ConvState(window.narrow(axis, 1, self.receptive_field - 1), count)
+        # Contiguous, so every state has the fresh state's strides: a compiled step would
+        # otherwise recompile on its second call (dynamo guards on strides).
+        next_state = ConvState(window.narrow(axis, 1, self.receptive_field - 1).contiguous(), count)
         if self.stride > 1 and values_are_concrete(count):
             # Strided steps without output in any stream cost no convolution.
             if not bool(emits_after(count, self.delay, self.stride).any()):
@@ -293,7 +298,7 @@ class Conv(Layer):
             buffer = xs.narrow(axis, 0, 1).expand_as(buffer)
         window = torch.cat([buffer, xs], dim=axis)
         keep = self.receptive_field - 1
-        next_buffer = window.narrow(axis, window.shape[axis] - keep, keep)
+        next_buffer = window.narrow(axis, window.shape[axis] - keep, keep).contiguous()  # strides as in `step`
         ys = self._emit(params, window, clock, n_new, step_shape)
         if pad_end and self.padding_end:
             if self.temporal_fill == "replicate":

@@ -104,6 +104,7 @@ class Delay(Layer):
         if self.rank is None:
             self.batch_shape(x.shape)  # raises: the rank is needed to find the stream dims
         self.check_state_batch(state.count, x, what)
+        self.check_state_buffer(state.buffer, state.count, self.n, x, what)
 
     def step(self, params, state, x):
         """``x: (*B, C, *S)`` in, the frame of ``n`` steps ago out (zeros while warming up)."""
@@ -116,7 +117,8 @@ class Delay(Layer):
             return x, DelayState(buffer, count + 1)
         axis = -self.rank
         window = torch.cat([buffer, x.unsqueeze(axis)], dim=axis)
-        return window.select(axis, 0), DelayState(window.narrow(axis, 1, self.n), count + 1)
+        # Contiguous, so every state has the fresh state's strides (no recompiles under compile).
+        return window.select(axis, 0), DelayState(window.narrow(axis, 1, self.n).contiguous(), count + 1)
 
     def _emit(self, frames: Tensor, clock: int, n_new: int) -> Tensor:
         """Outputs of steps ``clock .. clock + n_new - 1``; ``frames`` starts at frame ``clock - n``."""
@@ -135,7 +137,7 @@ class Delay(Layer):
         buffer, count = state
         n_new = xs.shape[axis]
         frames = torch.cat([buffer, xs], dim=axis)
-        next_buffer = frames.narrow(axis, frames.shape[axis] - self.n, self.n)
+        next_buffer = frames.narrow(axis, frames.shape[axis] - self.n, self.n).contiguous()  # strides as in `step`
         ys = self._emit(frames, clock, n_new)
         if pad_end and self.end:
             fill_shape = list(next_buffer.shape)

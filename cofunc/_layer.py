@@ -324,6 +324,37 @@ class Layer:
                 f"{self.label}: the state lives on {counter.device} but the {what} on {x.device}"
             )
 
+    def check_state_buffer(
+        self, buffer: Tensor, counter: Tensor, length: int, x: Tensor, what: str = "step input",
+        channels: Optional[int] = None,
+    ) -> None:
+        """A state's frame buffer ``(*B, C, length, *S)`` must fit this layer and ``x`` (call after
+        `check_state_batch`, which checks ``*B``).
+
+        A buffer of another length, or (when the layer fixes them) another channel count or rank,
+        comes from another layer: `StateError`. Frames of another shape than the input's mean the
+        input changed mid-stream: `InputShapeError`. Another dtype: `DTypeDeviceError`.
+        """
+        nb = counter.dim()
+        foreign = buffer.dim() < nb + 2 or buffer.shape[nb + 1] != length
+        if channels is not None:
+            foreign = foreign or buffer.dim() != nb + 1 + self.step_rank or buffer.shape[nb] != channels
+        if foreign:
+            c = "C" if channels is None else channels
+            raise StateError(
+                f"{self.label}: expected a state buffering {length} frames, shape (*B, {c}, {length}, *S), "
+                f"got a buffer of shape {tuple(buffer.shape)}; the state comes from another layer"
+            )
+        frames = (buffer.shape[nb],) + tuple(buffer.shape[nb + 2:])
+        got = tuple(x.shape[nb:]) if what == "step input" else (x.shape[nb],) + tuple(x.shape[nb + 2:])
+        if frames != got:
+            raise InputShapeError(
+                f"{self.label}: the stream has frames of shape (C, *S) = {frames}, but the {what} of "
+                f"shape {tuple(x.shape)} has frames of shape {got}"
+            )
+        if buffer.dtype != x.dtype:
+            raise DTypeDeviceError(f"{self.label}: the state holds {buffer.dtype}, but the {what} has dtype {x.dtype}")
+
     def check_state_type(self, state, expected_type) -> None:
         if not isinstance(state, expected_type):
             raise StateError(

@@ -186,6 +186,21 @@ def lift_module(module: nn.Module, *, rank: Optional[int] = None) -> Lift:
         True
     """
     name = type(module).__name__
+    if isinstance(module, nn.GroupNorm):
+        raise ConfigurationError(
+            f"{name}: group norm normalises over time as well, so a step cannot equal the clip; "
+            f"use it on clips only (forward), or replace it by a per-frame norm"
+        )
+    if isinstance(module, nn.modules.instancenorm._InstanceNorm):
+        if not module.track_running_stats or module.running_mean is None:
+            raise ConfigurationError(
+                f"{name}: instance norm without running statistics normalises over time, so a step "
+                f"cannot equal the clip; use track_running_stats=True and eval mode"
+            )
+        in_rank = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
+        norm_rank = rank if rank is not None else next(r for cls, r in in_rank.items() if isinstance(module, cls))
+        # With running statistics an instance norm at inference is a batch norm.
+        return Lift(_batch_norm_apply(module.eps, module.affine), name, False, norm_rank, module, same_rank=True)
     if isinstance(module, tuple(_BATCH_NORMS)):
         if not module.track_running_stats or module.running_mean is None:
             raise ConfigurationError(

@@ -16,7 +16,7 @@ from .._errors import ConfigurationError
 from .._lift import lift_module
 from ._module import ContinualModule
 
-_STATISTICS_NORMS = (nn.modules.batchnorm._BatchNorm,)
+_STATISTICS_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 class LiftedModule(ContinualModule):
@@ -36,17 +36,10 @@ class LiftedModule(ContinualModule):
     def _check_step_mode(self):
         if isinstance(self, _STATISTICS_NORMS) and self.training:
             raise ConfigurationError(
-                f"{type(self).__name__}: in training mode batch norm normalises with the statistics "
+                f"{type(self).__name__}: in training mode this norm normalises with the statistics "
                 f"of the whole clip, which a step cannot see; call .eval() before stepping"
             )
-
-    def forward_step(self, input, update_state=True):
-        self._check_step_mode()
-        return super().forward_step(input, update_state)
-
-    def forward_steps(self, input, pad_end=False, update_state=True):
-        self._check_step_mode()
-        return super().forward_steps(input, pad_end, update_state)
+        self.layer  # noqa: B018 (building the layer rejects norms that always use clip statistics)
 
 
 _CLASSES: Dict[type, Type[LiftedModule]] = {}
@@ -60,8 +53,12 @@ def lifted_class(cls: type) -> Type[LiftedModule]:
 
 
 def lift_nn_module(module: nn.Module) -> LiftedModule:
-    """A continual copy of a temporally-local module, with the same options and tensors' values."""
-    lift_module(module)  # validates (for example batch norm without running statistics)
+    """A continual copy of a temporally-local module, with the same options and tensors' values.
+
+    Norms that use clip statistics (group norm, instance norm without running statistics) are
+    converted too: their clip ``forward`` is torch's, and stepping them raises
+    `ConfigurationError`.
+    """
     new = copy.deepcopy(module)
     new.__class__ = lifted_class(type(module))
     return new

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import StateError, StreamsOutOfStepError
-from .._layer import Layer, module_params
+from .._layer import Layer, first_tensor, module_params, shape_of
 from ._call_mode import _stack, current_call_mode, normalise_call_mode
 
 
@@ -52,7 +52,8 @@ class ContinualModule(nn.Module):
             self.__dict__["_co_layer"] = layer
         return layer
 
-    def _layer_for(self, rank: int) -> Layer:
+    def _layer_for(self, rank: int, mode: str = "forward") -> Layer:
+        """The layer to run in ``mode`` for inputs of non-batch rank ``rank``."""
         layer = self.layer
         return layer if layer.step_rank is not None else layer.with_rank(rank)
 
@@ -92,14 +93,23 @@ class ContinualModule(nn.Module):
     def _fresh_state(self, layer: Layer, step_shape, like: Tensor):
         return layer.init_state(self.params, step_shape, device=like.device, dtype=like.dtype)
 
+    def _check_step_mode(self) -> None:
+        """Raise if a step cannot equal the clip in the current mode (for example batch norm in
+        training mode); containers check their children."""
+        for child in self.children():
+            if isinstance(child, ContinualModule):
+                child._check_step_mode()
+
     def forward_step(self, input: Tensor, update_state: bool = True) -> Optional[Tensor]:
         """One frame ``(B, C, *S)`` in; the output frame, or ``None`` while warming up or on a
         strided step. ``update_state=False`` leaves the stored state as it was."""
-        layer = self._layer_for(input.dim() - 1)
+        self._check_step_mode()
+        like = first_tensor(input)
+        layer = self._layer_for(like.dim() - 1, "forward_step")
         with _forward_mode:
             state = self._co_state
             if state is None:
-                state = self._fresh_state(layer, tuple(input.shape), input)
+                state = self._fresh_state(layer, shape_of(input), like)
             y, new_state = layer.step(self.params, state, input)
             valid = _all_or_none(layer, layer.valid(new_state))
         if update_state:
@@ -110,18 +120,18 @@ class ContinualModule(nn.Module):
         """A clip ``(B, C, T, *S)`` of steps in; the emitted outputs stacked on dim 2, or
         ``None`` if there were none. ``pad_end=True`` appends the outputs that need end padding
         without storing the padded state."""
-        layer = self._layer_for(input.dim() - 2)
+        self._check_step_mode()
+        like = first_tensor(input)
+        layer = self._layer_for(like.dim() - 2, "forward_steps")
         with _forward_mode:
             state = self._co_state
             if state is None:
                 axis = layer.time_axis()
-                step_shape = list(input.shape)
-                del step_shape[axis]
-                state = self._fresh_state(layer, tuple(step_shape), input)
+                state = self._fresh_state(layer, _without_axis(input, axis), like)
             ys, new_state = layer.steps(self.params, state, input, pad_end=pad_end)
         if update_state:
             self._co_state = new_state
-        return ys if ys.shape[layer.time_axis()] > 0 else None
+        return ys if first_tensor(ys).shape[layer.out_time_axis()] > 0 else None
 
     def warm_up(self, step_shape) -> None:
         """Feed ``delay`` zero frames, as co's ``warm_up`` does."""
@@ -157,6 +167,15 @@ class ContinualModule(nn.Module):
                             f"dtype {a.dtype}, got {tuple(b.shape)} and {b.dtype}"
                         )
         self._co_state = state
+
+
+def _without_axis(value, axis: int):
+    """The step shape of a clip value: its shape without the time axis (lists for tuples)."""
+    if isinstance(value, (tuple, list)):
+        return [_without_axis(v, axis) for v in value]
+    shape = list(value.shape)
+    del shape[axis]
+    return tuple(shape)
 
 
 def _all_or_none(layer: Layer, valid: Tensor) -> bool:

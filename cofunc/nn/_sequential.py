@@ -33,6 +33,16 @@ class Sequential(ContinualModule, nn.Sequential):
         else:
             args = tuple(continual(m) for m in args)
         super().__init__(*args)
+        self._infer_broadcasts()
+
+    def _infer_broadcasts(self):
+        """A ``Broadcast()`` followed by a ``Parallel`` copies its input once per branch (co)."""
+        from ._containers import Broadcast, Parallel
+
+        modules = list(self._modules.values())
+        for module, following in zip(modules, modules[1:]):
+            if isinstance(module, Broadcast) and module.num_streams is None and isinstance(following, Parallel):
+                module.num_streams = len(following._modules)
 
     def __setattr__(self, name, value):
         if isinstance(value, nn.Module) and not isinstance(value, ContinualModule) and name in getattr(self, "_modules", {}):
@@ -44,7 +54,9 @@ class Sequential(ContinualModule, nn.Sequential):
     def append(self, module: nn.Module) -> "Sequential":
         from ._convert import continual
 
-        return super().append(continual(module))
+        out = super().append(continual(module))
+        self._infer_broadcasts()
+        return out
 
     @property
     def layer(self) -> Seq:

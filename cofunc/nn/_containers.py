@@ -1,0 +1,242 @@
+"""Multi-stream container adapters: ``Broadcast``, ``Parallel``, ``ParallelDispatch``, ``Reduce``,
+``BroadcastReduce``, ``Residual`` and ``Conditional``."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Optional, Sequence, Union
+
+from torch import nn
+
+from .. import _combinators as comb
+from .._errors import ConfigurationError
+from ._closures import LayerModule
+from ._module import ContinualModule, _forward_mode
+
+
+def _children(args, converter):
+    if len(args) == 1 and isinstance(args[0], (OrderedDict, dict)):
+        return OrderedDict((str(k), converter(m)) for k, m in args[0].items())
+    return OrderedDict((str(i), converter(m)) for i, m in enumerate(args))
+
+
+def _continual(module):
+    from ._convert import continual
+
+    return continual(module)
+
+
+class _Branches(ContinualModule):
+    """A container whose children are branches named ``"0"``, ``"1"``, ... (or by the user)."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for name, module in _children(modules, _continual).items():
+            self.add_module(name, module)
+
+    def _branch_layers(self):
+        return tuple((name, module.layer) for name, module in self._modules.items())
+
+    @property
+    def layer(self):
+        key = tuple(id(module.layer) for module in self._modules.values())
+        cached = self.__dict__.get("_co_cached")
+        if cached is None or cached[0] != key:
+            cached = (key, self._build_layer())
+            self.__dict__["_co_cached"] = cached
+        return cached[1]
+
+    @property
+    def stride(self):
+        return (self.layer.stride,)
+
+    @property
+    def padding(self):
+        return (self.layer.padding,)
+
+    def clean_state(self):
+        super().clean_state()
+        for module in self._modules.values():
+            module.clean_state()
+
+
+class Broadcast(LayerModule):
+    """``x -> [x] * num_streams``; inside a `Sequential` the count may come from the next `Parallel`."""
+
+    def __init__(self, num_streams: Optional[int] = None):
+        ContinualModule.__init__(self)
+        self.num_streams = num_streams
+
+    @property
+    def layer(self):
+        if self.num_streams is None:
+            raise ConfigurationError("Broadcast: num_streams is unknown; give it, or follow the Broadcast by a Parallel in a Sequential")
+        return comb.broadcast(self.num_streams)
+
+    def forward(self, input):
+        return [input] * self.num_streams if self.num_streams else [input]
+
+    def forward_step(self, input, update_state=True):
+        return list(super().forward_step(input, update_state))
+
+    def forward_steps(self, input, pad_end=False, update_state=True):
+        return list(super().forward_steps(input, pad_end, update_state))
+
+
+class Parallel(_Branches):
+    """Apply one module per stream of a list; faster branches are delayed to align (``auto_delay``).
+
+    Example:
+        >>> import torch, cofunc.nn as cn
+        >>> par = cn.Parallel(cn.Conv1d(2, 2, 3), cn.Conv1d(2, 2, 1))
+        >>> par.delay
+        2
+    """
+
+    def __init__(self, *modules, auto_delay: bool = True):
+        super().__init__(*modules)
+        self.auto_delay = auto_delay
+
+    def _build_layer(self):
+        return comb.Parallel(self._branch_layers(), self.auto_delay)
+
+    def forward(self, inputs):
+        with _forward_mode:
+            return [module(x) for module, x in zip(self._modules.values(), inputs)]
+
+    def forward_step(self, input, update_state=True):
+        out = super().forward_step(tuple(input), update_state)
+        return None if out is None else list(out)
+
+    def forward_steps(self, input, pad_end=False, update_state=True):
+        out = super().forward_steps(tuple(input), pad_end, update_state)
+        return None if out is None else list(out)
+
+
+class ParallelDispatch(LayerModule):
+    """Reorder, copy or group streams by index, for example ``[2, 0, [0, 2], 2]``."""
+
+    def __init__(self, dispatch_mapping: Sequence):
+        super().__init__(comb.parallel_dispatch(dispatch_mapping))
+
+    def forward(self, input):
+        return _as_lists(self.layer.forward({}, tuple(input)))
+
+    def forward_step(self, input, update_state=True):
+        return _as_lists(super().forward_step(tuple(input), update_state))
+
+    def forward_steps(self, input, pad_end=False, update_state=True):
+        return _as_lists(super().forward_steps(tuple(input), pad_end, update_state))
+
+
+def _as_lists(value):
+    if isinstance(value, tuple):
+        return [_as_lists(v) for v in value]
+    return value
+
+
+class Reduce(LayerModule):
+    """Merge a list of streams: ``"sum"``, ``"concat"`` (channels), ``"mul"``, ``"max"`` or a callable."""
+
+    def __init__(self, reduce: Union[str, Callable] = "sum"):
+        super().__init__(comb.reduce(reduce))
+
+    def forward(self, input):
+        return self.layer.forward({}, tuple(input))
+
+    def forward_step(self, input, update_state=True):
+        return super().forward_step(tuple(input), update_state)
+
+    def forward_steps(self, input, pad_end=False, update_state=True):
+        return super().forward_steps(tuple(input), pad_end, update_state)
+
+
+class BroadcastReduce(_Branches):
+    """``x -> reduce(m_0(x), ..., m_n(x))``; the branches are its children ``"0"``, ``"1"``, ...
+
+    Example:
+        >>> import torch, cofunc.nn as cn
+        >>> block = cn.BroadcastReduce(cn.Conv1d(3, 4, 3, padding=1), cn.Conv1d(3, 4, 1), reduce="concat")
+        >>> block(torch.zeros(1, 3, 5)).shape
+        torch.Size([1, 8, 5])
+    """
+
+    def __init__(self, *modules, reduce: Union[str, Callable] = "sum", auto_delay: bool = True):
+        super().__init__(*modules)
+        if len(self._modules) < 2:
+            raise ConfigurationError(f"BroadcastReduce: needs at least 2 branches, got {len(self._modules)}")
+        self.reduce = reduce
+        self.auto_delay = auto_delay
+
+    def _build_layer(self):
+        return comb.broadcast_reduce(OrderedDict(self._branch_layers()), reduce=self.reduce, auto_delay=self.auto_delay)
+
+    def forward(self, input):
+        with _forward_mode:
+            outs = tuple(module(input) for module in self._modules.values())
+        return self.layer.reducer.forward({}, outs)
+
+
+class Residual(BroadcastReduce):
+    """``x -> reduce(x, module(x))`` with the residual aligned to the module (co's ``Residual``).
+
+    The module is child ``"1"`` (keys ``1.weight``, ...), as in co. ``residual_shrink`` must be
+    set for a module that is not padded equally: ``"centered"`` (or True), ``"lagging"`` or
+    ``"leading"`` pick the centre, oldest or newest frame of the module's window.
+
+    Example:
+        >>> import torch, cofunc.nn as cn
+        >>> res = cn.Residual(cn.Conv1d(2, 2, 3, padding=1))
+        >>> x = torch.randn(1, 2, 6)
+        >>> torch.allclose(res(x), x + res[1](x))
+        True
+    """
+
+    def __init__(self, module: nn.Module, temporal_fill: Optional[str] = None, reduce: Union[str, Callable] = "sum",
+                 residual_shrink: Union[bool, str] = False):
+        module = _continual(module)
+        self._residual_options = (reduce, residual_shrink)
+        layer = comb.residual(module.layer, reduce, residual_shrink)  # validates before building modules
+        residual_branch = LayerModule(layer.inner.branches[0][1])
+        super().__init__(residual_branch, module, reduce=reduce, auto_delay=False)
+        self.residual_shrink = residual_shrink
+
+    def _build_layer(self):
+        reduce, shrink = self._residual_options
+        return comb.residual(self._modules["1"].layer, reduce, shrink)
+
+    def __getitem__(self, index):
+        return list(self._modules.values())[index]
+
+    def forward(self, input):
+        with _forward_mode:
+            outs = (self._modules["0"](input), self._modules["1"](input))
+        return self.layer.reducer.forward({}, outs)
+
+
+class Conditional(_Branches):
+    """Run ``on_true`` when ``predicate(module, x)`` holds, else ``on_false`` (identity if None).
+
+    Branches are children ``"0"`` and ``"1"`` and are aligned to the larger delay.
+
+    Example:
+        >>> import torch, cofunc.nn as cn
+        >>> soft = cn.Conditional(lambda m, x: not m.training, cn.Lambda(torch.nn.Softmax(dim=1)))
+        >>> soft.eval()(torch.zeros(1, 2, 3))[0, :, 0]
+        tensor([0.5000, 0.5000])
+    """
+
+    def __init__(self, predicate: Callable, on_true: nn.Module, on_false: Optional[nn.Module] = None):
+        modules = (on_true,) if on_false is None else (on_true, on_false)
+        super().__init__(*modules)
+        self.predicate = predicate
+
+    def _build_layer(self):
+        layers = list(self._modules.values())
+        return comb.conditional(lambda x: bool(self.predicate(self, x)), layers[0].layer, layers[1].layer if len(layers) > 1 else None)
+
+    def forward(self, input):
+        with _forward_mode:
+            if self.predicate(self, input):
+                return self._modules["0"](input)
+            return self._modules["1"](input) if "1" in self._modules else input
