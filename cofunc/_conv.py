@@ -9,24 +9,15 @@ multiply-adds (co convolves each frame with the whole kernel and keeps ``k_t`` p
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import (
-    Layer,
-    Params,
-    check_dtype_device,
-    emits_after,
-    empty_clip,
-    expand_mask,
-    first_emitting_step,
-    values_are_concrete,
-    with_one_batch_dim,
-)
+from ._layer import Params, check_dtype_device, with_one_batch_dim
+from ._window import WindowLayer, WindowState
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 _NN_CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
@@ -36,15 +27,9 @@ _TEMPORAL_FILLS = ("zeros", "replicate")
 IntOrTuple = Union[int, Sequence[int]]
 
 
-class ConvState(NamedTuple):
-    """State of a continual convolution.
-
-    buffer: ``(*B, C_in, receptive_field - 1, *S)``, the last input frames, oldest first.
-    count: ``(*B,)`` int64, the steps each stream has taken.
-    """
-
-    buffer: Tensor
-    count: Tensor
+# The state of a continual convolution: the last ``receptive_field - 1`` input frames
+# ``(*B, C_in, rf - 1, *S)``, oldest first, and the steps each stream has taken.
+ConvState = WindowState
 
 
 def _ntuple(value: IntOrTuple, n: int, name: str, label: str) -> Tuple[int, ...]:
@@ -73,7 +58,7 @@ def _pad_pairs(padding, kernel, dilation, label) -> Tuple[Tuple[int, int], ...]:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Conv(Layer):
+class Conv(WindowLayer):
     """A continual N-d convolution (N = 1, 2, 3; the first kernel axis is time).
 
     Same arguments and defaults as ``torch.nn.ConvNd`` plus ``temporal_fill`` (how the fresh
@@ -162,10 +147,6 @@ class Conv(Layer):
     def step_rank(self) -> int:
         return self.dims
 
-    @property
-    def stateful(self) -> bool:
-        return self.receptive_field > 1 or self.stride > 1
-
     # --- params -------------------------------------------------------------------------------
     def torch_module(self, *, device=None, dtype=None) -> nn.Module:
         """The equivalent ``torch.nn.ConvNd`` (freshly initialised)."""
@@ -179,20 +160,17 @@ class Conv(Layer):
         module = self.torch_module(device=device, dtype=dtype)
         return {name: p.detach() for name, p in module.named_parameters()}
 
-    # --- state --------------------------------------------------------------------------------
-    def init_state(self, params, input_shape, *, device=None, dtype=None):
-        if not self.stateful:
-            return ()
-        batch = self.batch_shape(input_shape)
-        weight = params.get("weight") if params else None
-        device = device if device is not None else (weight.device if weight is not None else None)
-        dtype = dtype if dtype is not None else (weight.dtype if weight is not None else None)
-        step_shape = tuple(input_shape[len(batch):])
-        buffer = torch.zeros(batch + step_shape[:1] + (self.receptive_field - 1,) + step_shape[1:], device=device, dtype=dtype)
-        return ConvState(buffer, torch.zeros(batch, dtype=torch.int64, device=device))
+    # --- window machinery (see _window.py) ------------------------------------------------------
+    @property
+    def fill(self) -> str:
+        return self.temporal_fill
 
-    def clock(self, state):
-        return state.count if self.stateful else None
+    @property
+    def expected_channels(self) -> int:
+        return self.in_channels
+
+    def reference_tensor(self, params):
+        return params.get("weight")
 
     def step_output_shape(self, input_shape):
         rank = self.dims
@@ -220,7 +198,7 @@ class Conv(Layer):
 
         return with_one_batch_dim(run, xs, self.dims + 1)
 
-    def _window_conv(self, params, window: Tensor, time_stride: int) -> Tensor:
+    def window_op(self, params, window: Tensor, time_stride: int) -> Tensor:
         """Convolve a clip that already holds its temporal context (no temporal padding)."""
         weight, bias = params["weight"], params.get("bias")
         conv = _CONV_FN[self.dims]
@@ -237,80 +215,6 @@ class Conv(Layer):
             return conv(x, weight, bias, stride, 0, self.dilation, self.groups)
 
         return with_one_batch_dim(run, window, self.dims + 1)
-
-    def _check(self, params, state, x, clip: bool):
-        if clip:
-            self.check_clip_input(x, self.in_channels)
-        else:
-            self.check_step_input(x, self.in_channels)
-        check_dtype_device(self, x, params["weight"], "clip" if clip else "step input")
-        if self.stateful:
-            self.check_state_type(state, ConvState)
-            self.check_state_batch(state.count, x, "clip" if clip else "step input")
-            self.check_state_buffer(
-                state.buffer, state.count, self.receptive_field - 1, x, "clip" if clip else "step input", self.in_channels
-            )
-
-    def step(self, params, state, x):
-        """One frame ``x: (*B, C_in, *S)`` to one output frame ``(*B, C_out, *S')``."""
-        self._check(params, state, x, clip=False)
-        axis = -self.dims
-        frame = x.unsqueeze(axis)
-        if not self.stateful:
-            return self._window_conv(params, frame, 1).squeeze(axis), state
-        buffer, count = state
-        if self.temporal_fill == "replicate" and buffer.shape[axis] > 0:
-            first = expand_mask(count == 0, buffer)
-            buffer = torch.where(first, frame.expand_as(buffer), buffer)
-        window = torch.cat([buffer, frame], dim=axis)
-        count = count + 1
-        # Contiguous, so every state has the fresh state's strides: a compiled step would
-        # otherwise recompile on its second call (dynamo guards on strides).
-        next_state = ConvState(window.narrow(axis, 1, self.receptive_field - 1).contiguous(), count)
-        if self.stride > 1 and values_are_concrete(count):
-            # Strided steps without output in any stream cost no convolution.
-            if not bool(emits_after(count, self.delay, self.stride).any()):
-                return window.new_zeros(self.step_output_shape(x.shape)), next_state
-        return self._window_conv(params, window, 1).squeeze(axis), next_state
-
-    def _emit(self, params, window: Tensor, clock: int, n_new: int, step_shape) -> Tensor:
-        """The outputs of input steps ``clock .. clock + n_new - 1``, whose frames end ``window``."""
-        axis = -self.dims
-        first = first_emitting_step(clock, self.delay, self.stride)
-        if first > clock + n_new - 1:
-            return empty_clip(window, self.step_output_shape(step_shape), axis)
-        offset = first - clock
-        window = window.narrow(axis, offset, window.shape[axis] - offset)
-        return self._window_conv(params, window, self.stride)
-
-    def _steps(self, params, state, xs, clock, pad_end):
-        self._check(params, state, xs, clip=True)
-        axis = -self.dims
-        n_new = xs.shape[axis]
-        step_shape = list(xs.shape)
-        del step_shape[axis]
-        if not self.stateful:  # kernel 1, stride 1, no padding: nothing to buffer or flush
-            if n_new == 0:
-                return empty_clip(xs, self.step_output_shape(step_shape), axis), state
-            return self._window_conv(params, xs, 1), state
-        buffer, count = state
-        if self.temporal_fill == "replicate" and clock == 0 and n_new > 0:
-            buffer = xs.narrow(axis, 0, 1).expand_as(buffer)
-        window = torch.cat([buffer, xs], dim=axis)
-        keep = self.receptive_field - 1
-        next_buffer = window.narrow(axis, window.shape[axis] - keep, keep).contiguous()  # strides as in `step`
-        ys = self._emit(params, window, clock, n_new, step_shape)
-        if pad_end and self.padding_end:
-            if self.temporal_fill == "replicate":
-                last = window.narrow(axis, window.shape[axis] - 1, 1)
-                fill = last.expand(*last.shape[: last.dim() + axis], self.padding_end, *last.shape[last.dim() + axis + 1:])
-            else:
-                fill_shape = list(next_buffer.shape)
-                fill_shape[axis] = self.padding_end
-                fill = next_buffer.new_zeros(fill_shape)
-            flushed = self._emit(params, torch.cat([next_buffer, fill], dim=axis), clock + n_new, self.padding_end, step_shape)
-            ys = torch.cat([ys, flushed], dim=axis)
-        return ys, ConvState(next_buffer, count + n_new)
 
 
 def _make(dims):

@@ -99,6 +99,7 @@ class WindowLayer(Layer):
         if self.stateful:
             self.check_state_type(state, WindowState)
             self.check_state_batch(state.count, x, what)
+            self.check_state_buffer(state.buffer, state.count, self.receptive_field - 1, x, what, self.expected_channels)
 
     # --- computation --------------------------------------------------------------------------
     def step(self, params, state, x):
@@ -113,7 +114,9 @@ class WindowLayer(Layer):
             first = expand_mask(count == 0, buffer)
             buffer = torch.where(first, frame.expand_as(buffer), buffer)
         window = torch.cat([buffer, frame], dim=axis)
-        next_state = WindowState(window.narrow(axis, 1, self.receptive_field - 1), count + 1)
+        # Contiguous, so every state has the fresh state's strides: a compiled step would
+        # otherwise recompile on its second call (dynamo guards on strides).
+        next_state = WindowState(window.narrow(axis, 1, self.receptive_field - 1).contiguous(), count + 1)
         if self.stride > 1 and values_are_concrete(count):
             # Strided steps without output in any stream cost no window operation.
             if not bool(emits_after(count + 1, self.delay, self.stride).any()):
@@ -160,7 +163,7 @@ class WindowLayer(Layer):
             buffer = xs.narrow(axis, 0, 1).expand_as(buffer)
         window = torch.cat([buffer, xs], dim=axis)
         keep = self.receptive_field - 1
-        next_buffer = window.narrow(axis, window.shape[axis] - keep, keep)
+        next_buffer = window.narrow(axis, window.shape[axis] - keep, keep).contiguous()  # strides as in `step`
         ys = self._emit(params, window, clock, n_new, step_shape, None)
         if pad_end and self.padding_end:
             end = clock + n_new
