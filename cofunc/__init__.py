@@ -48,6 +48,8 @@ from ._pool import (
     max_pool3d,
 )
 from ._seq import Seq, seq
+from ._serialize import load_state, save_state
+from ._streams import clone_state, put_streams, reset_streams, stack_streams, step_streams, take_streams, unstack_streams
 from ._shape import Linear, Reshape, add, constant, identity, linear, multiply, one, reshape, zero
 from ._window import WindowLayer, WindowState
 
@@ -91,6 +93,7 @@ __all__ = [
     "avg_pool3d",
     "broadcast",
     "broadcast_reduce",
+    "clone_state",
     "conditional",
     "constant",
     "conv1d",
@@ -102,6 +105,7 @@ __all__ = [
     "lift",
     "lift_module",
     "linear",
+    "load_state",
     "max_pool1d",
     "max_pool2d",
     "max_pool3d",
@@ -110,11 +114,18 @@ __all__ = [
     "one",
     "parallel",
     "parallel_dispatch",
+    "put_streams",
     "reduce",
+    "reset_streams",
     "reshape",
     "residual",
+    "save_state",
     "seq",
     "skip",
+    "stack_streams",
+    "step_streams",
+    "take_streams",
     "unflatten_params",
+    "unstack_streams",
     "zero",
 ]
