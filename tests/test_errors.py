@@ -122,7 +122,7 @@ def test_a_clip_passed_to_forward_step(fresh):
     module = cn.Conv3d(2, 3, 3, padding=1) if fresh else conv3d()
     raises_and_keeps_state(
         module, lambda m: m.forward_step(torch.randn(2, 2, 5, 4, 4)), cofunc.InputShapeError,
-        CONV3D, "expected 2 channels", "(2, 2, 5, 4, 4)", "time axis",
+        CONV3D, "expected a step (B, C, *S) with 4 dims", "(2, 2, 5, 4, 4)", "clip passed to forward_step",
     )
 
 

@@ -8,7 +8,7 @@ import optree
 import torch
 from torch import Tensor, nn
 
-from .._errors import StateError, StreamsOutOfStepError
+from .._errors import InputShapeError, StateError, StreamsOutOfStepError
 from .._layer import Layer, first_tensor, module_params, shape_of
 from ._call_mode import _stack, current_call_mode, normalise_call_mode
 
@@ -106,6 +106,7 @@ class ContinualModule(nn.Module):
         self._check_step_mode()
         like = first_tensor(input)
         layer = self._layer_for(like.dim() - 1, "forward_step")
+        _check_one_batch_dim(layer, like, clip=False)
         with _forward_mode:
             state = self._co_state
             if state is None:
@@ -123,6 +124,7 @@ class ContinualModule(nn.Module):
         self._check_step_mode()
         like = first_tensor(input)
         layer = self._layer_for(like.dim() - 2, "forward_steps")
+        _check_one_batch_dim(layer, like, clip=True)
         with _forward_mode:
             state = self._co_state
             if state is None:
@@ -167,6 +169,18 @@ class ContinualModule(nn.Module):
                             f"dtype {a.dtype}, got {tuple(b.shape)} and {b.dtype}"
                         )
         self._co_state = state
+
+
+def _check_one_batch_dim(layer: Layer, x: Tensor, clip: bool) -> None:
+    """nn adapters take one batch dim, like co: ``(B, C, *S)`` steps and ``(B, C, T, *S)`` clips."""
+    rank = layer.step_rank
+    if rank is not None and x.dim() != rank + 1 + clip:
+        form = "(B, C, T, *S)" if clip else "(B, C, *S)"
+        hint = " (a clip passed to forward_step?)" if not clip and x.dim() == rank + 2 else ""
+        raise InputShapeError(
+            f"{layer.label}: expected a {'clip' if clip else 'step'} {form} with {rank + 1 + clip} dims, "
+            f"got shape {tuple(x.shape)}{hint}"
+        )
 
 
 def _without_axis(value, axis: int):
