@@ -31,7 +31,7 @@ from ._errors import (
     StreamsOutOfStepError,
     UnsupportedModuleError,
 )
-from ._layer import Layer, flatten_params, module_params, unflatten_params
+from ._layer import Layer, flatten_params, module_params, tree_map, unflatten_params
 from ._lift import Lift, lift, lift_module
 from ._pool import (
     AdaptivePool,
@@ -47,6 +47,7 @@ from ._pool import (
     max_pool2d,
     max_pool3d,
 )
+from ._rnn import LSTMState, Recurrent, RNNState, gru, lstm, rnn
 from ._seq import Seq, seq
 from ._serialize import load_state, save_state
 from ._streams import clone_state, put_streams, reset_streams, stack_streams, step_streams, take_streams, unstack_streams
@@ -69,12 +70,15 @@ __all__ = [
     "Delay",
     "DelayState",
     "InputShapeError",
+    "LSTMState",
     "Layer",
     "Lift",
     "Linear",
     "Parallel",
     "ParallelDispatch",
     "Pool",
+    "RNNState",
+    "Recurrent",
     "Reduce",
     "Reshape",
     "Seq",
@@ -101,11 +105,13 @@ __all__ = [
     "conv3d",
     "delay",
     "flatten_params",
+    "gru",
     "identity",
     "lift",
     "lift_module",
     "linear",
     "load_state",
+    "lstm",
     "max_pool1d",
     "max_pool2d",
     "max_pool3d",
@@ -119,12 +125,14 @@ __all__ = [
     "reset_streams",
     "reshape",
     "residual",
+    "rnn",
     "save_state",
     "seq",
     "skip",
     "stack_streams",
     "step_streams",
     "take_streams",
+    "tree_map",
     "unflatten_params",
     "unstack_streams",
     "zero",

@@ -20,6 +20,7 @@ from ._pool import (
     MaxPool2d,
     MaxPool3d,
 )
+from ._rnn import GRU, LSTM, RNN
 from ._sequential import Sequential
 
 __all__ = [
@@ -40,8 +41,10 @@ __all__ = [
     "Conv2d",
     "Conv3d",
     "Delay",
+    "GRU",
     "Identity",
     "Lambda",
+    "LSTM",
     "LayerModule",
     "LiftedModule",
     "Linear",
@@ -51,6 +54,7 @@ __all__ = [
     "Multiply",
     "One",
     "Parallel",
+    "RNN",
     "ParallelDispatch",
     "Reduce",
     "Reshape",

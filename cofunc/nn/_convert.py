@@ -11,6 +11,7 @@ from torch import nn
 from .._errors import UnsupportedModuleError
 from ._closures import Linear
 from ._conv import Conv1d, Conv2d, Conv3d
+from ._rnn import GRU, LSTM, RNN
 from ._pool import (
     AdaptiveAvgPool2d,
     AdaptiveAvgPool3d,
@@ -149,3 +150,6 @@ for _torch_pool, _co_pool in (
 ):
     register(_torch_pool, _adaptive(_co_pool))
 register(nn.Linear, Linear.build_from)
+register(nn.RNN, RNN.build_from)
+register(nn.GRU, GRU.build_from)
+register(nn.LSTM, LSTM.build_from)

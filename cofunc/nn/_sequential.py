@@ -82,4 +82,8 @@ class Sequential(ContinualModule, nn.Sequential):
 
     def forward(self, input):
         with _forward_mode:
-            return nn.Sequential.forward(self, input)
+            for module in self._modules.values():
+                input = module(input)
+                if isinstance(module, nn.RNNBase):  # pass on the output, not the hidden state (co)
+                    input = input[0]
+            return input
