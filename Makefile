@@ -1,14 +1,19 @@
 # Quick start: `make demo` and `make test` on a fresh machine (each creates or reuses .venv).
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
-# Extra PyTorch wheels come from the local file on this kind of machine; pinning the CPU build
-# here keeps pip from pulling the multi-GB CUDA build that a plain `torch` requirement takes.
+# The CPU build of PyTorch; a plain `torch` requirement would pull a multi-GB CUDA build.
 TORCH_PIN ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# pytorchvideo imports torchvision, and PyPI's torchvision does not import beside torch 2.13:
+# the weight-compatibility tests with pytorchvideo's model builders run in a second venv.
+PV_VENV ?= .venv-pv
+PV_PY := $(PV_VENV)/bin/python
+PV_PINS := torch==2.14.1 torchvision==0.29.1 pytorchvideo==0.1.5 numpy optree pytest hypothesis
+PV_STAMP := $(PV_VENV)/.installed-$(shell echo "$(PV_PINS)" | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv demo test test-quick bench clean
+.PHONY: venv venv-pv demo test test-quick test-pytorchvideo bench clean
 
 venv: $(STAMP)
 
@@ -20,17 +25,29 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
+venv-pv: $(PV_STAMP)
+
+$(PV_STAMP):
+	test -x $(PV_PY) || $(PYTHON) -m venv $(PV_VENV)
+	$(PV_PY) -m pip install --quiet $(PV_PINS)
+	rm -f $(PV_VENV)/.installed-*
+	touch $@
+
 demo: venv
 	$(PY) -m cofunc.demo
 
-test: venv
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q
+test: venv venv-pv
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not pytorchvideo"
+	$(MAKE) --no-print-directory test-pytorchvideo
+
+test-pytorchvideo: venv-pv
+	PYTHONPATH=$(CURDIR) $(PV_PY) -m pytest -q -p no:cacheprovider -m pytorchvideo tests/test_models_pytorchvideo.py
 
 test-quick: venv
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow and not pytorchvideo"
 
 bench: venv
 	$(PY) benchmarks/bench_conv.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(PV_VENV) .pytest_cache .hypothesis
