@@ -36,15 +36,16 @@ $(PV_STAMP):
 demo: venv
 	$(PY) -m cofunc.demo
 
+# One torch thread per xdist worker: two workers on two cores otherwise fight over threads.
 test: venv venv-pv
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not pytorchvideo"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not pytorchvideo"
 	$(MAKE) --no-print-directory test-pytorchvideo
 
 test-pytorchvideo: venv-pv
 	PYTHONPATH=$(CURDIR) $(PV_PY) -m pytest -q -p no:cacheprovider -m pytorchvideo tests/test_models_pytorchvideo.py
 
 test-quick: venv
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow and not pytorchvideo"
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow and not pytorchvideo"
 
 bench: venv
 	$(PY) benchmarks/bench_conv.py

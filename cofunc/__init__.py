@@ -31,6 +31,17 @@ from ._errors import (
     StreamsOutOfStepError,
     UnsupportedModuleError,
 )
+from ._export import (
+    StepModule,
+    compile_step,
+    export_onnx,
+    export_step,
+    flatten_state,
+    onnx_names,
+    state_spec,
+    step_fn,
+    unflatten_state,
+)
 from ._layer import Layer, flatten_params, module_params, tree_map, unflatten_params
 from ._lift import Lift, lift, lift_module
 from ._pool import (
@@ -47,6 +58,7 @@ from ._pool import (
     max_pool2d,
     max_pool3d,
 )
+from ._profile import Profile, count_macs, profile
 from ._rnn import LSTMState, Recurrent, RNNState, gru, lstm, rnn
 from ._seq import Seq, seq
 from ._serialize import load_state, save_state
@@ -77,12 +89,14 @@ __all__ = [
     "Parallel",
     "ParallelDispatch",
     "Pool",
+    "Profile",
     "RNNState",
     "Recurrent",
     "Reduce",
     "Reshape",
     "Seq",
     "StateError",
+    "StepModule",
     "StreamsOutOfStepError",
     "UnsupportedModuleError",
     "WindowLayer",
@@ -98,13 +112,18 @@ __all__ = [
     "broadcast",
     "broadcast_reduce",
     "clone_state",
+    "compile_step",
     "conditional",
     "constant",
     "conv1d",
     "conv2d",
     "conv3d",
+    "count_macs",
     "delay",
+    "export_onnx",
+    "export_step",
     "flatten_params",
+    "flatten_state",
     "gru",
     "identity",
     "lift",
@@ -118,8 +137,10 @@ __all__ = [
     "module_params",
     "multiply",
     "one",
+    "onnx_names",
     "parallel",
     "parallel_dispatch",
+    "profile",
     "put_streams",
     "reduce",
     "reset_streams",
@@ -130,10 +151,13 @@ __all__ = [
     "seq",
     "skip",
     "stack_streams",
+    "state_spec",
+    "step_fn",
     "step_streams",
     "take_streams",
     "tree_map",
     "unflatten_params",
+    "unflatten_state",
     "unstack_streams",
     "zero",
 ]

@@ -34,26 +34,47 @@ def _common(values):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class _Aligned(Seq):
-    """A branch followed by an alignment delay; the params are the branch's own (no naming level)."""
+    """A branch with an alignment delay before or after it; the params are the branch's own (no
+    naming level)."""
+
+    @property
+    def _branch(self) -> Layer:
+        return dict(self.children)["branch"]
 
     @property
     def label(self) -> str:
-        return self.children[0][1].label
+        return self._branch.label
 
     def _child_params(self, params, index, name):
-        return params if index == 0 else EMPTY_PARAMS
+        return params if name == "branch" else EMPTY_PARAMS
 
     def init_params(self, *, device=None, dtype=None):
-        return self.children[0][1].init_params(device=device, dtype=dtype)
+        return self._branch.init_params(device=device, dtype=dtype)
 
     def params_from(self, module):
-        return self.children[0][1].params_from(module)
+        return self._branch.params_from(module)
 
 
 def _align(branch: Layer, n: int) -> Layer:
+    """``branch`` emitting ``n`` input steps later.
+
+    A delay after a branch of stride ``s`` counts output steps (``s`` input steps each), so it
+    goes after the branch only when ``n`` is a multiple of ``s``; otherwise it delays the input.
+    """
     if n == 0:
         return branch
-    return _Aligned((("branch", branch), ("align", Delay(n, branch.out_rank))))
+    if n % branch.stride == 0:
+        return _Aligned((("branch", branch), ("align", Delay(n // branch.stride, branch.out_rank))))
+    return _Aligned((("align", Delay(n, branch.step_rank)), ("branch", branch)))
+
+
+def _share_rank(layers):
+    """Branches that see the same input: rank-agnostic ones take the rank the others know."""
+    ranks = {layer.step_rank for layer in layers if layer is not None and layer.step_rank is not None}
+    if len(ranks) != 1:
+        return list(layers)
+    rank = ranks.pop()
+    return [layer.with_rank(rank) if layer is not None and layer.step_rank is None else layer for layer in layers]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -167,6 +188,14 @@ class Parallel(Layer):
     def with_rank(self, rank):
         branches = tuple((name, layer.with_rank(rank) if layer.step_rank is None else layer) for name, layer in self.branches)
         return dataclasses.replace(self, branches=branches)
+
+    def with_shared_rank(self):
+        """This parallel for inputs that are copies of one value (after a broadcast):
+        rank-agnostic branches take the rank the other branches know."""
+        layers = _share_rank([layer for _, layer in self.branches])
+        if all(a is b for a, (_, b) in zip(layers, self.branches)):
+            return self
+        return dataclasses.replace(self, branches=tuple((name, layer) for (name, _), layer in zip(self.branches, layers)))
 
     def init_params(self, *, device=None, dtype=None):
         params = {}
@@ -344,8 +373,9 @@ class Reduce(Layer):
             dim = 1 if self.rank is None else -(self.rank + clip)
             return torch.cat(list(values), dim=dim)
         if isinstance(self.how, str):
-            shapes = {tuple(v.shape) for v in values}
-            if len(shapes) > 1:
+            # A list, not a set: symbolic sizes (export with a dynamic stream dim) are unhashable.
+            shapes = [tuple(v.shape) for v in values]
+            if any(shape != shapes[0] for shape in shapes[1:]):
                 raise InputShapeError(f"{self.label}: streams must have equal shapes, got {[tuple(v.shape) for v in values]}")
             return _REDUCERS[self.how](list(values))
         return self.how(list(values))
@@ -502,6 +532,10 @@ class Conditional(Layer):
     on_false: Optional[Layer] = None
 
     def __post_init__(self):
+        # Both branches see the input: a rank-agnostic branch takes the other's rank.
+        on_true, given_false = _share_rank([self.on_true, self.on_false])
+        object.__setattr__(self, "on_true", on_true)
+        object.__setattr__(self, "on_false", given_false)
         on_false = self.on_false if self.on_false is not None else Delay(0, self.on_true.out_rank)
         if on_false.stride != self.on_true.stride:
             raise ConfigurationError(f"{self.label}: both branches need the same temporal stride")
@@ -642,6 +676,8 @@ def broadcast_reduce(*branches: Union[Layer, Mapping[str, Layer]], reduce: Union
     named = _named(branches)
     if len(named) < 2:
         raise ConfigurationError(f"broadcast_reduce: needs at least 2 branches, got {len(named)}")
+    # Every branch sees the input: rank-agnostic branches take the rank the others know.
+    named = tuple(zip([name for name, _ in named], _share_rank([layer for _, layer in named])))
     inner = Parallel(named, auto_delay)
     return BroadcastReduce(inner, Reduce(reduce, inner.out_rank))
 
