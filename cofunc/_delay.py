@@ -153,7 +153,8 @@ class Delay(Layer):
         length = xs.shape[axis] + self.end - (self.window - 1)
         if start == 0 and length == xs.shape[axis]:
             return xs
-        return xs.narrow(axis, start, max(length, 0))
+        # A clip shorter than the window has no output frame (as ``x[:, :, n:]`` in torch).
+        return xs.narrow(axis, min(start, xs.shape[axis]), max(length, 0))
 
 
 def delay(n: int, rank: Optional[int] = None) -> Delay:

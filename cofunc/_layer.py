@@ -373,7 +373,11 @@ def with_one_batch_dim(fn: Callable[[Tensor], Tensor], x: Tensor, unbatched_rank
     lead = x.shape[: x.dim() - unbatched_rank]
     if len(lead) == 1:
         return fn(x)
-    y = fn(x.reshape((-1,) + tuple(x.shape[len(lead):])))
+    # The explicit size (not -1) also reshapes empty tensors (a chunk of zero frames).
+    n = 1
+    for d in lead:
+        n *= d
+    y = fn(x.reshape((n,) + tuple(x.shape[len(lead):])))
     return y.reshape(tuple(lead) + tuple(y.shape[1:]))
 
 

@@ -109,11 +109,18 @@ class Lift(Layer):
 
 @functools.lru_cache(maxsize=256)
 def _meta_step_shape(layer: Lift, input_shape):
-    params = EMPTY_PARAMS
+    params, dtype = EMPTY_PARAMS, None
     if layer.template is not None:
         params = _to_meta(module_params(layer.template))
-    y, _ = layer.step(params, (), torch.empty(input_shape, device="meta"))
+        # The stand-in frame takes the params' float dtype: some ops (prelu) refuse to promote.
+        dtype = next((t.dtype for t in _leaves(params) if t.is_floating_point()), None)
+    y, _ = layer.step(params, (), torch.empty(input_shape, device="meta", dtype=dtype))
     return tuple(y.shape)
+
+
+def _leaves(tree):
+    for v in tree.values():
+        yield from _leaves(v) if isinstance(v, dict) else (v,)
 
 
 def _to_meta(tree):

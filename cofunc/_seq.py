@@ -18,6 +18,12 @@ def _resolve_ranks(children):
     keep the rank (delays, pointwise functions) can take the input rank of the layer after them.
     """
     children = list(children)
+    from ._combinators import Broadcast, Parallel  # here: the combinators build on seq
+
+    for i in range(1, len(children)):
+        # After a broadcast, a parallel's branches all see the same input, so share one rank.
+        if isinstance(children[i - 1][1], Broadcast) and isinstance(children[i][1], Parallel):
+            children[i] = (children[i][0], children[i][1].with_shared_rank())
     known = None
     for i, (name, child) in enumerate(children):
         if child.step_rank is None and known is not None:
@@ -63,12 +69,18 @@ class Seq(Layer):
 
     # Principles 5 and 6 of the paper: fold the temporal metadata from the first layer on.
     def _fold(self):
+        # Cached (the record is immutable): nested seqs and branches query these at every
+        # level, and recomputing them made deep networks (X3D) spend seconds per call.
+        cached = self.__dict__.get("_fold_cache")
+        if cached is not None:
+            return cached
         rf, stride, padding, padding_end = 1, 1, 0, 0
         for child in self.layers:
             rf = rf + (child.receptive_field - 1) * stride
             padding = padding + child.padding * stride
             padding_end = padding_end + child.padding_end * stride
             stride = stride * child.stride
+        object.__setattr__(self, "_fold_cache", (rf, stride, padding, padding_end))
         return rf, stride, padding, padding_end
 
     @property

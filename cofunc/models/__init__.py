@@ -1,0 +1,15 @@
+"""The continual model zoo: video networks whose weights load from their regular counterparts.
+
+- `x3d` (CoX3D): pytorchvideo's X3D-XS/S/M/L.
+- `slow_r50` (CoSlow) and `i3d_r50` (CoI3D): pytorchvideo's Slow-8x8-R50 and I3D-8x8-R50.
+
+Each builder returns a `VideoNet` (a `cofunc.nn.Sequential`) whose ``state_dict`` keys are
+pytorchvideo's: the weights of pytorchvideo's hub models (``checkpoint["model_state"]``) load
+with ``load_state_dict``, no conversion needed.
+"""
+
+from ._blocks import ResBlock, SqueezeExcitation, Swish, VideoNet
+from .resnet3d import i3d_r50, slow_r50
+from .x3d import x3d
+
+__all__ = ["ResBlock", "SqueezeExcitation", "Swish", "VideoNet", "i3d_r50", "slow_r50", "x3d"]

@@ -1,0 +1,395 @@
+"""Building blocks shared by the continual video models, named like pytorchvideo's modules.
+
+Every block is a `cofunc.nn.ContinualModule` whose children carry pytorchvideo's attribute names,
+so a pytorchvideo ``state_dict`` loads unchanged. ``forward`` is the regular clip computation
+written with the children's torch ``forward`` (training-mode batch norm and dropout work as in
+pytorchvideo); ``forward_step`` / ``forward_steps`` run the functional layer the block builds
+from its children's layers.
+
+Shapes: clips ``(B, C, T, H, W)``, steps ``(B, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import OrderedDict
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+import cofunc.nn as cn
+from cofunc._combinators import _shrink, broadcast_reduce
+from cofunc._delay import Delay
+from cofunc._errors import ConfigurationError
+from cofunc._layer import Layer
+from cofunc._lift import Lift
+from cofunc._pool import avg_pool1d
+from cofunc._seq import seq
+
+TEMPORAL_PADDINGS = ("keep", "remove")
+SE_SCOPES = ("clip", "frame")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ConfigurationError(f"`{name}` must be one of {choices}, got {value!r}")
+
+
+def temporal_pad(kernel_t: int, temporal_padding: str) -> int:
+    """The temporal padding of a conv with temporal kernel ``kernel_t``: the regular network's
+    ``kernel_t // 2`` ("keep") or none ("remove")."""
+    return kernel_t // 2 if temporal_padding == "keep" else 0
+
+
+def round_width(width, multiplier, min_width=8, divisor=8):
+    """pytorchvideo.layers.utils.round_width (channel counts of X3D and its SE blocks)."""
+    if not multiplier:
+        return width
+    width *= multiplier
+    min_width = min_width or divisor
+    width_out = max(min_width, int(width + divisor / 2) // divisor * divisor)
+    if width_out < 0.9 * width:
+        width_out += divisor
+    return int(width_out)
+
+
+def round_repeats(repeats, multiplier):
+    """pytorchvideo.layers.utils.round_repeats (block counts of X3D)."""
+    if not multiplier:
+        return repeats
+    return int(math.ceil(multiplier * repeats))
+
+
+# --- a layer that reads its params from another nesting --------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Remap(Layer):
+    """``inner`` with its params taken from another layout: ``view(params)`` gives ``inner`` its
+    params, ``unview(inner_params)`` is the inverse (for `init_params`).
+
+    Lets a block whose torch children are named like pytorchvideo's (``branch1_conv``,
+    ``branch2``, ...) run a combinator tree that nests params by branch.
+    """
+
+    inner: Layer
+    view: Callable
+    unview: Callable
+    name: str = "remap"
+    rank_out: Optional[int] = None  # the output rank, when ``inner`` cannot tell it
+
+
+    label = property(lambda self: f"{self.name}({self.inner.label})")
+    receptive_field = property(lambda self: self.inner.receptive_field)
+    padding = property(lambda self: self.inner.padding)
+    padding_end = property(lambda self: self.inner.padding_end)
+    stride = property(lambda self: self.inner.stride)
+    delay = property(lambda self: self.inner.delay)
+    step_rank = property(lambda self: self.inner.step_rank)
+    out_rank = property(lambda self: self.inner.out_rank if self.rank_out is None else self.rank_out)
+    keeps_rank = property(lambda self: self.inner.keeps_rank)
+    stateful = property(lambda self: self.inner.stateful)
+
+    def with_rank(self, rank):
+        return dataclasses.replace(self, inner=self.inner.with_rank(rank))
+
+    def init_params(self, *, device=None, dtype=None):
+        return self.unview(self.inner.init_params(device=device, dtype=dtype))
+
+    def init_state(self, params, input_shape, *, device=None, dtype=None):
+        return self.inner.init_state(self.view(params), input_shape, device=device, dtype=dtype)
+
+    def step_output_shape(self, input_shape):
+        return self.inner.step_output_shape(input_shape)
+
+    def clock(self, state):
+        return self.inner.clock(state)
+
+    def valid(self, state):
+        return self.inner.valid(state)
+
+    def step(self, params, state, x):
+        return self.inner.step(self.view(params), state, x)
+
+    def steps(self, params, state, xs, pad_end=False):
+        return self.inner.steps(self.view(params), state, xs, pad_end)
+
+    def _steps(self, params, state, xs, clock, pad_end):
+        return self.inner._steps(self.view(params), state, xs, clock, pad_end)
+
+    def forward(self, params, xs):
+        return self.inner.forward(self.view(params), xs)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _RankLift(Lift):
+    """A per-frame function that changes the rank of a frame from ``rank`` to ``out``."""
+
+    out: int = 1
+
+    @property
+    def out_rank(self):
+        return self.out
+
+
+def spatial_mean() -> Lift:
+    """The mean over the two spatial axes: frames ``(*B, C, H, W) -> (*B, C)``, clips
+    ``(*B, C, T, H, W) -> (*B, C, T)``. Ends the models: pytorchvideo's ``output_pool``
+    averages the head's 1x1 map (a no-op there); here the time axis stays."""
+    return _RankLift(lambda params, x: x.mean(dim=(-2, -1)), "spatial_mean", pointwise=False, rank=3, out=1)
+
+
+def spatial_unsqueeze() -> Lift:
+    """Frames ``(*B, C) -> (*B, C, 1, 1)``, clips ``(*B, C, T) -> (*B, C, T, 1, 1)``."""
+    return _RankLift(lambda params, x: x[..., None, None], "spatial_unsqueeze", pointwise=False, rank=1, out=3)
+
+
+class SpatialMean(cn.LayerModule):
+    """Module form of `spatial_mean` (no params): clips ``(B, C, T, H, W) -> (B, C, T)``."""
+
+    def __init__(self):
+        super().__init__(spatial_mean())
+
+
+class Swish(nn.Module):
+    """``x * sigmoid(x)``, computed as pytorchvideo's ``Swish`` computes it (bit-identical)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(x)
+
+
+cn.register(Swish, cn.lift_nn_module)
+
+
+# --- squeeze-and-excitation ------------------------------------------------------------------
+
+
+def _gate(values):
+    """``x * gates`` (the residual branch first, as fvcore's ``torch.mul(input, gates)``)."""
+    x, gates = values
+    return x * gates
+
+
+class SqueezeExcitation(cn.ContinualModule):
+    """fvcore's ``SqueezeExcitation(is_3d=True)`` as a continual module: ``x * gate(pool(x))``
+    with ``gate = block = Sequential(Conv3d 1x1x1, ReLU, Conv3d 1x1x1, Sigmoid)``.
+
+    ``scope="clip"``: the pooled value of frame ``t`` averages the frames ``t - (W - 1) ..
+    t + (W - 1)`` of a centred window of ``2W - 1`` frames, counting real frames only
+    (``count_include_pad=False``). For a clip of exactly ``W`` frames every window holds the
+    whole clip, so each frame is gated by the clip mean, exactly as in the regular network; in
+    a longer stream each frame is gated by the mean of its ``2W - 1`` neighbours. Delay
+    ``W - 1`` (temporal padding kept) or ``2W - 2`` (removed).
+
+    ``scope="frame"`` (the published CoX3D): each frame is gated by its own spatial mean. No
+    delay; the clip ``forward`` then differs from the regular network.
+
+    Params: ``block.0.weight``, ``block.0.bias``, ``block.2.weight``, ``block.2.bias``.
+    """
+
+    def __init__(self, num_channels: int, num_channels_reduced: int, scope: str = "clip", window: int = 1,
+                 temporal_padding: str = "keep"):
+        super().__init__()
+        check_choice("se", scope, SE_SCOPES)
+        check_choice("temporal_padding", temporal_padding, TEMPORAL_PADDINGS)
+        if window < 1:
+            raise ConfigurationError(f"SqueezeExcitation: the window must be at least 1 frame, got {window}")
+        self.block = cn.Sequential(
+            nn.Conv3d(num_channels, num_channels_reduced, kernel_size=1, bias=True),
+            nn.ReLU(),
+            nn.Conv3d(num_channels_reduced, num_channels, kernel_size=1, bias=True),
+            nn.Sigmoid(),
+        )
+        self.scope = scope
+        self.window = window
+        self.temporal_padding = temporal_padding
+        self.__dict__["_co_pool"] = self._make_pool()  # param-free: kept outside the module tree
+
+    def extra_repr(self):
+        return f"scope={self.scope!r}, window={self.window}, temporal_padding={self.temporal_padding!r}"
+
+    def _make_pool(self) -> Layer:
+        """``(*B, C, H, W) -> (*B, C, 1, 1)`` per step: the spatial mean, then (clip scope) the
+        temporal mean over the centred window."""
+        if self.scope == "frame" or self.window == 1:
+            return Lift(lambda params, x: x.mean(dim=(-2, -1), keepdim=True), "spatial_mean", True, 3)
+        w = self.window
+        pad = w - 1 if self.temporal_padding == "keep" else 0
+        # A 1d pool over (C, T): torch's avg_pool3d rejects clips shorter than the kernel even
+        # when the padding covers them.
+        temporal = avg_pool1d(2 * w - 1, stride=1, padding=pad, count_include_pad=False)
+        return seq(spatial_mean(), temporal, spatial_unsqueeze())
+
+    def _align(self) -> Delay:
+        """The frame selection pairing each frame with its gates: a delay by the pool's delay
+        (padding kept) or the centre frames of the pool's windows (padding removed)."""
+        pool = self.__dict__["_co_pool"]
+        if pool.receptive_field - 1 == 2 * pool.padding:
+            return Delay(pool.delay, 3)
+        return _shrink(pool, "centered")
+
+    def _build_layer(self):
+        module = seq(self.__dict__["_co_pool"], self.block.layer)
+        # Not `residual(...)`: the gates (*B, C, 1, 1) broadcast over the frames (*B, C, H, W),
+        # and a string reduce requires equal shapes. The block's params sit under "1" twice:
+        # broadcast_reduce branch "1", then seq(pool, block) child "1".
+        inner = broadcast_reduce(self._align(), module, reduce=_gate, auto_delay=False)
+        return Remap(inner, lambda p: {"1": {"1": p.get("block", {})}}, lambda p: {"block": p["1"]["1"]}, "se", 3)
+
+    @property
+    def stride(self):
+        return (1,)
+
+    @property
+    def padding(self):
+        return (self.layer.padding,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gates = self.block(self.__dict__["_co_pool"].forward({}, x))
+        return self._align().forward({}, x) * gates
+
+    def clean_state(self):
+        super().clean_state()
+        self.block.clean_state()
+
+
+# --- residual blocks -------------------------------------------------------------------------
+
+
+class ResBlock(cn.ContinualModule):
+    """pytorchvideo's ``ResBlock``: ``activation(shortcut(x) + branch2(x))`` with
+    ``shortcut = branch1_norm(branch1_conv(x))`` (each optional; identity if both are absent).
+
+    The shortcut is aligned to ``branch2``: delayed when ``branch2`` keeps its temporal padding,
+    cropped to the centre frames of ``branch2``'s window when the padding is removed.
+    """
+
+    def __init__(self, branch2: nn.Module, branch1_conv: Optional[nn.Module] = None,
+                 branch1_norm: Optional[nn.Module] = None, activation: Optional[nn.Module] = None):
+        super().__init__()
+        self.branch1_conv = None if branch1_conv is None else cn.continual(branch1_conv)
+        self.branch1_norm = None if branch1_norm is None else cn.continual(branch1_norm)
+        self.branch2 = cn.continual(branch2)
+        self.activation = None if activation is None else cn.continual(activation)
+        main = self.branch2.layer
+        if main.stride != 1:
+            raise ConfigurationError(f"ResBlock: branch2 must have temporal stride 1, got {main.stride}")
+
+    def _shrink(self) -> Optional[Delay]:
+        """The frame selection that aligns the shortcut's clip to branch2's (None: none needed)."""
+        main = self.branch2.layer
+        if main.receptive_field - 1 == 2 * main.padding and main.padding_end == main.padding:
+            return None
+        return _shrink(main, "centered")
+
+    def _build_layer(self):
+        main = self.branch2.layer
+        parts = [(name, getattr(self, name).layer) for name in ("branch1_conv", "branch1_norm") if getattr(self, name) is not None]
+        shrink = self._shrink()
+        if shrink is not None:
+            parts.append(("shrink", shrink))
+        shortcut = seq(OrderedDict(parts)) if parts else Delay(0, main.step_rank)
+        children = [("0", broadcast_reduce(shortcut, main, reduce="sum"))]
+        if self.activation is not None:
+            children.append(("1", self.activation.layer))
+
+        def view(p):
+            # The shortcut seq picks branch1_conv / branch1_norm out of the block's own params.
+            return {"0": {"0": p, "1": p.get("branch2", {})}}
+
+        def unview(p):
+            inner = p.get("0", {})
+            return {**inner.get("0", {}), "branch2": inner.get("1", {})}
+
+        return Remap(seq(OrderedDict(children)), view, unview, "res_block")
+
+    @property
+    def stride(self):
+        return (1,)
+
+    @property
+    def padding(self):
+        return (self.layer.padding,)
+
+    def forward(self, x: Tensor) -> Tensor:
+        main = self.branch2(x)
+        shortcut = x
+        if self.branch1_conv is not None:
+            shortcut = self.branch1_conv(shortcut)
+        if self.branch1_norm is not None:
+            shortcut = self.branch1_norm(shortcut)
+        shrink = self._shrink()
+        if shrink is not None:
+            shortcut = shrink.forward({}, shortcut)
+        out = shortcut + main
+        return out if self.activation is None else self.activation(out)
+
+    def clean_state(self):
+        super().clean_state()
+        for child in self.children():
+            child.clean_state()
+
+
+def stage(blocks) -> cn.Sequential:
+    """pytorchvideo's ``ResStage``: its blocks under ``res_blocks.0``, ``res_blocks.1``, ..."""
+    return cn.Sequential(OrderedDict(res_blocks=cn.Sequential(*blocks)))
+
+
+class VideoNet(cn.Sequential):
+    """pytorchvideo's ``Net``: the stem, stages and head under ``blocks.0``, ``blocks.1``, ...
+
+    A `cofunc.nn.Sequential` with one child ``blocks``: ``forward(x)`` maps a clip
+    ``(B, 3, T, H, W)`` to class scores ``(B, num_classes, T')``; ``forward_step(frame)`` maps a
+    frame ``(B, 3, H, W)`` to ``(B, num_classes)`` (or None while warming up, or on the steps a
+    temporal stride skips); ``forward_steps`` maps clips to the emitted scores
+    ``(B, num_classes, T'')``. ``config`` records the builder's arguments.
+    """
+
+    def __init__(self, blocks, config: dict):
+        super().__init__(OrderedDict(blocks=cn.Sequential(*blocks)))
+        self.config = dict(config)
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+
+# --- weight initialisation --------------------------------------------------------------------
+
+
+def init_weights(model: nn.Module, fc_init_std: float = 0.01) -> nn.Module:
+    """pytorchvideo's ``init_net_weights(style="resnet")``: He (fan-out) convs with zero bias,
+    batch norm weight 1 (0 for the last norm of each residual branch) and bias 0, linear
+    weights N(0, ``fc_init_std``) with zero bias."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.modules.batchnorm._NormBase):
+            if m.weight is not None:
+                m.weight.data.fill_(0.0 if getattr(m, "block_final_bn", False) else 1.0)
+            if m.bias is not None:
+                m.bias.data.zero_()
+        if isinstance(m, nn.Linear):
+            m.weight.data.normal_(mean=0.0, std=fc_init_std)
+            if m.bias is not None:
+                m.bias.data.zero_()
+    return model
+
+
+def final_norm(num_features: int) -> nn.Module:
+    """The last batch norm of a residual branch (zero-initialised weight, as pytorchvideo's)."""
+    norm = cn.continual(nn.BatchNorm3d(num_features))
+    norm.block_final_bn = True
+    return norm
+
+
+def head_activation_module(name: Optional[str]) -> Optional[nn.Module]:
+    check_choice("head_activation", name, ("softmax", "sigmoid", None))
+    if name == "softmax":
+        return nn.Softmax(dim=1)
+    if name == "sigmoid":
+        return nn.Sigmoid()
+    return None
