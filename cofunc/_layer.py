@@ -131,6 +131,24 @@ def empty_clip(like: Tensor, step_shape: Shape, time_axis: int) -> Tensor:
     return like.new_zeros(shape)
 
 
+_STATIC_METADATA = ("receptive_field", "padding", "padding_end", "stride", "delay", "stateful", "step_rank",
+                    "out_rank", "keeps_rank")
+
+
+def _cached_property(fget, name):
+    key = "_static_" + name
+
+    def get(self):
+        cache = self.__dict__
+        if key not in cache:
+            cache[key] = fget(self)
+        return cache[key]
+
+    get._cofunc_cached = True
+    get.__doc__ = fget.__doc__
+    return property(get)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
     """A continual layer: static temporal metadata and pure functions over explicit state.
@@ -146,6 +164,15 @@ class Layer:
 
     def __hash__(self):
         return id(self)
+
+    def __init_subclass__(cls, **kwargs):
+        # Layers are immutable, so their static metadata is computed once per layer: combinators
+        # query their children's metadata on every step, recursively.
+        super().__init_subclass__(**kwargs)
+        for name in _STATIC_METADATA:
+            attr = cls.__dict__.get(name)
+            if isinstance(attr, property) and not getattr(attr.fget, "_cofunc_cached", False):
+                setattr(cls, name, _cached_property(attr.fget, name))
 
     # --- static metadata (overridden by subclasses) -----------------------------------------
     @property
