@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -45,33 +46,93 @@ def warm_up(fns: Mapping[str, Callable[[], object]], calls: int = 5) -> None:
             fn()
 
 
+class BenchResult(Dict[str, Timing]):
+    """``{name: Timing}`` in the candidates' order, plus how noisy the machine was.
+
+    ``rounds_kept``, ``rounds_discarded``: rounds used and rounds thrown away because other
+    processes were too busy (see `bench_interleaved`); ``rounds_disturbed``: kept rounds that
+    were over that limit all the same (kept once the time limit had passed); ``other_cores``: the
+    mean number of cores other processes kept busy during the kept rounds (NaN where unknown).
+    """
+
+    rounds_kept: int = 0
+    rounds_discarded: int = 0
+    rounds_disturbed: int = 0
+    other_cores: float = float("nan")
+
+
 def bench_interleaved(
-    fns: Mapping[str, Callable[[], object]], rounds: int = 30, inner: int = 5, warmup: int = 5
-) -> Dict[str, Timing]:
+    fns: Mapping[str, Callable[[], object]],
+    rounds: int = 30,
+    inner: int = 5,
+    warmup: int = 5,
+    max_other_cores: Optional[float] = None,
+    max_seconds: float = 900.0,
+    clock: str = "wall",
+    progress_every: Optional[float] = None,
+) -> BenchResult:
     """Time zero-argument callables side by side.
 
-    Each of ``rounds`` rounds calls every candidate ``inner`` times in a row and records the mean
-    time per call, so each candidate gets ``rounds`` samples. The candidate order rotates by one
-    every round, so no candidate always runs right after the same neighbour. ``warmup`` calls of
-    each candidate come first and are not recorded.
+    Each round calls every candidate ``inner`` times in a row and records the mean time per call,
+    so each candidate gets one sample per round, ``rounds`` in all. The candidate order rotates by
+    one every round, so no candidate always runs right after the same neighbour. ``warmup`` calls
+    of each candidate come first and are not recorded.
 
-    Returns ``{name: Timing}`` in the order of ``fns``.
+    On a shared machine, ``max_other_cores`` discards (and repeats) every round during which other
+    processes kept more than that many cores busy: such a round disturbs all candidates, but
+    multi-threaded ones much more (a descheduled worker thread stalls every parallel region).
+    Discarding whole rounds keeps the samples paired and treats every candidate alike. After
+    ``max_seconds`` the disturbed rounds are kept too, so the run always ends.
+
+    ``clock="cpu"`` measures this process's CPU time instead of wall time: with one torch thread
+    it is the compute cost, immune to being descheduled (with more threads it adds up the
+    threads' CPU time, spin-waiting included, so it is not a latency).
+
+    ``progress_every`` (seconds): print the count of kept and discarded rounds to stderr that often.
+
+    Returns a `BenchResult`: ``{name: Timing}`` with ``Timing.samples`` of shape ``(rounds,)``.
     """
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"bench_interleaved: clock must be 'wall' or 'cpu', got {clock!r}")
+    if rounds < 1 or inner < 1:
+        raise ValueError(f"bench_interleaved: rounds and inner must be positive, got {rounds} and {inner}")
     names = list(fns)
+    result = BenchResult()
     if not names:
-        return {}
+        return result
     warm_up(fns, warmup)
     samples: Dict[str, List[float]] = {name: [] for name in names}
-    clock = time.perf_counter
-    for r in range(rounds):
+    now = time.perf_counter if clock == "wall" else time.process_time
+    deadline = time.monotonic() + max_seconds
+    other: List[float] = []
+    r = 0
+    next_report = time.monotonic() + (progress_every or float("inf"))
+    while result.rounds_kept < rounds:
+        if time.monotonic() >= next_report:
+            next_report += progress_every
+            print(f"  rounds kept {result.rounds_kept}/{rounds}, discarded {result.rounds_discarded}", file=sys.stderr)
         shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            fn = fns[name]
-            start = clock()
-            for _ in range(inner):
-                fn()
-            samples[name].append((clock() - start) / inner)
-    return {name: Timing(np.asarray(samples[name])) for name in names}
+        r += 1
+        this_round = {}
+        with OtherLoad() as load:
+            for name in names[shift:] + names[:shift]:
+                fn = fns[name]
+                start = now()
+                for _ in range(inner):
+                    fn()
+                this_round[name] = (now() - start) / inner
+        if max_other_cores is not None and load.cores > max_other_cores:
+            if time.monotonic() < deadline:
+                result.rounds_discarded += 1
+                continue
+            result.rounds_disturbed += 1
+        result.rounds_kept += 1
+        other.append(load.cores)
+        for name in names:
+            samples[name].append(this_round[name])
+    result.update((name, Timing(np.asarray(samples[name]))) for name in names)
+    result.other_cores = float(np.mean(other))
+    return result
 
 
 def fmt_ms(seconds: float) -> str:
@@ -104,30 +165,130 @@ def environment(threads: int) -> List[str]:
     ]
 
 
+def render_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> List[str]:
+    """The lines of a markdown table."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a table row has {len(row)} cells but the header has {len(header)}: {list(row)}")
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return lines
+
+
+def _busy_cpu_seconds() -> Optional[float]:
+    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy.
+    ticks = [int(v) for v in fields[:8]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Measures how many cores *other* processes kept busy while a block ran (a noise gauge).
+
+    Use as a context manager; afterwards ``cores`` is the machine's busy CPU time minus this
+    process's own, divided by the wall time (NaN where ``/proc/stat`` is unavailable).
+    """
+
+    def __enter__(self) -> "OtherLoad":
+        self._busy = _busy_cpu_seconds()
+        self._own = sum(os.times()[:2])
+        self._wall = time.perf_counter()
+        self.cores = float("nan")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy = _busy_cpu_seconds()
+        wall = time.perf_counter() - self._wall
+        if busy is None or self._busy is None or wall <= 0:
+            return
+        own = sum(os.times()[:2]) - self._own
+        self.cores = max(0.0, (busy - self._busy - own) / wall)
+
+
+def render_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> List[str]:
+    """The lines of a markdown table."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    for row in rows:
+        if len(row) != len(header):
+            raise ValueError(f"a table row has {len(row)} cells but the header has {len(header)}: {list(row)}")
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return lines
+
+
+def _busy_cpu_seconds() -> Optional[float]:
+    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy.
+    ticks = [int(v) for v in fields[:8]]
+    busy = sum(ticks) - ticks[3] - ticks[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Measures how many cores *other* processes kept busy while a block ran (a noise gauge).
+
+    Use as a context manager; afterwards ``cores`` is the machine's busy CPU time minus this
+    process's own, divided by the wall time (NaN where ``/proc/stat`` is unavailable).
+    """
+
+    def __enter__(self) -> "OtherLoad":
+        self._busy = _busy_cpu_seconds()
+        self._own = sum(os.times()[:2])
+        self._wall = time.perf_counter()
+        self.cores = float("nan")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        busy = _busy_cpu_seconds()
+        wall = time.perf_counter() - self._wall
+        if busy is None or self._busy is None or wall <= 0:
+            return
+        own = sum(os.times()[:2]) - self._own
+        self.cores = max(0.0, (busy - self._busy - own) / wall)
+
+
+def wait_for_quiet(max_other_cores: float, timeout: float, probe: float = 2.0) -> float:
+    """Wait (up to ``timeout`` seconds) until other processes use at most ``max_other_cores``
+    cores over a ``probe``-second window. Returns the last measured value (NaN if unknown)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with OtherLoad() as load:
+            time.sleep(probe)
+        if not load.cores > max_other_cores or time.monotonic() >= deadline:
+            return load.cores
+
+
 def write_table(
     path: str,
     rows: Sequence[Sequence[object]],
     header: Sequence[str],
     notes: Sequence[str] = (),
     title: Optional[str] = None,
+    extra_tables: Sequence[Tuple[str, Sequence[str], Sequence[Sequence[object]]]] = (),
 ) -> str:
-    """Write a markdown table (and optional title and notes, one paragraph line each) to ``path``.
+    """Write a markdown file to ``path``: optional title, the table, then each of
+    ``extra_tables`` (``(subtitle, header, rows)``), then ``notes`` as a bullet list.
 
     Returns the markdown text, so the caller can also print it.
     """
-    lines = []
+    lines: List[str] = []
     if title:
         lines += [f"# {title}", ""]
-    lines.append("| " + " | ".join(str(h) for h in header) + " |")
-    lines.append("| " + " | ".join("---" for _ in header) + " |")
-    for row in rows:
-        if len(row) != len(header):
-            raise ValueError(f"write_table: a row has {len(row)} cells but the header has {len(header)}: {row}")
-        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    lines += render_table(rows, header)
+    for subtitle, sub_header, sub_rows in extra_tables:
+        lines += ["", f"## {subtitle}", ""] + render_table(sub_rows, sub_header)
     if notes:
-        lines.append("")
-        for note in notes:
-            lines.append(f"- {note}")
+        lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     text = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -135,50 +296,87 @@ def write_table(
     return text
 
 
-def bar_plot(
-    path: str,
-    labels: Sequence[str],
-    timings: Sequence[Timing],
-    title: str = "",
-    ylabel: str = "time per call (ms)",
-    colors: Optional[Sequence[str]] = None,
-    groups: Optional[Sequence[int]] = None,
-) -> None:
-    """A bar chart of medians with p25-p75 whiskers, saved to ``path`` (PNG, Agg backend).
+@dataclass(frozen=True)
+class Ratio:
+    """How ``num`` compares with ``den``: the ratio of medians, and the spread (p25, p75) of the
+    ratios paired round by round (both were timed in the same rounds)."""
 
-    ``groups`` (one int per bar) puts bars that belong together side by side and leaves a gap
-    between groups; ``colors`` gives one matplotlib colour per bar.
-    """
+    value: float
+    p25: float
+    p75: float
+
+    @classmethod
+    def of(cls, num: Timing, den: Timing) -> "Ratio":
+        paired = num.samples / den.samples
+        return cls(num.median / den.median, float(np.percentile(paired, 25)), float(np.percentile(paired, 75)))
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f}x (p25-p75 {self.p25:.2f}-{self.p75:.2f})"
+
+
+@dataclass(frozen=True)
+class Goal:
+    """A target on a ratio of medians: ``ratio <= limit`` (``at_most``) or ``ratio >= limit``."""
+
+    description: str
+    ratio: Ratio
+    limit: float
+    at_most: bool = True
+
+    @property
+    def met(self) -> bool:
+        return self.ratio.value <= self.limit if self.at_most else self.ratio.value >= self.limit
+
+    def row(self) -> List[str]:
+        target = f"{'<=' if self.at_most else '>='} {self.limit:g}x"
+        return [self.description, target, str(self.ratio), "met" if self.met else "**not met**"]
+
+
+GOAL_HEADER = ["goal", "target", "measured (ratio of medians)", "status"]
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One subplot of `bar_plot`: bars with labels, timings and optional colours."""
+
+    title: str
+    labels: Sequence[str]
+    timings: Sequence[Timing]
+    colors: Optional[Sequence[str]] = None
+
+
+def bar_plot(path: str, panels: Sequence[Panel], title: str = "", ylabel: str = "time per call (ms)") -> None:
+    """Bar charts of medians with p25-p75 whiskers, one subplot per panel (each with its own
+    y scale), saved to ``path`` as PNG with matplotlib's Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = len(labels)
-    if len(timings) != n:
-        raise ValueError(f"bar_plot: {n} labels but {len(timings)} timings")
-    groups = list(groups) if groups is not None else [0] * n
-    xs, x = [], 0.0
-    for i, g in enumerate(groups):
-        if i and g != groups[i - 1]:
-            x += 0.6  # gap between groups
-        xs.append(x)
-        x += 1.0
-    medians = np.array([t.median for t in timings]) * 1e3
-    lo = medians - np.array([t.p25 for t in timings]) * 1e3
-    hi = np.array([t.p75 for t in timings]) * 1e3 - medians
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * n + 1.5), 4.2))
-    bars = ax.bar(xs, medians, yerr=[lo, hi], capsize=4, color=colors, edgecolor="black", linewidth=0.6)
-    for bar, m in zip(bars, medians):
-        ax.annotate(f"{m:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()), xytext=(0, 3),
-                    textcoords="offset points", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(xs)
-    ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel(ylabel)
+    widths = [max(2.5, 1.0 * len(p.labels) + 1.0) for p in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(sum(widths) + 0.5, 4.5), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
+    for ax, panel in zip(axes[0], panels):
+        if len(panel.labels) != len(panel.timings):
+            raise ValueError(f"bar_plot: panel {panel.title!r} has {len(panel.labels)} labels but {len(panel.timings)} timings")
+        xs = np.arange(len(panel.labels))
+        medians = np.array([t.median for t in panel.timings]) * 1e3
+        p25 = np.array([t.p25 for t in panel.timings]) * 1e3
+        p75 = np.array([t.p75 for t in panel.timings]) * 1e3
+        ax.bar(xs, medians, yerr=[medians - p25, p75 - medians], capsize=4, color=panel.colors,
+               edgecolor="black", linewidth=0.6)
+        for x, m, top in zip(xs, medians, p75):
+            ax.annotate(f"{m:.2f}", (x, top), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=8)
+        ax.set_xticks(xs)
+        ax.set_xticklabels(panel.labels, rotation=25, ha="right", fontsize=8)
+        ax.set_title(panel.title, fontsize=9)
+        ax.set_ylim(0, max(p75.max(), medians.max()) * 1.15)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    axes[0][0].set_ylabel(ylabel)
     if title:
-        ax.set_title(title, fontsize=10)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -4,6 +4,7 @@ Every layer is a `Layer` record of pure functions ``(params, state, x) -> (y, st
 explicit state pytrees. `cofunc.nn` wraps them as drop-in replacements for co's modules.
 """
 
+from ._attention import AttentionState, RetroactiveMHA, SingleOutputMHA, retroactive_attention, single_output_attention
 from ._combinators import (
     Broadcast,
     BroadcastReduce,
@@ -58,20 +59,36 @@ from ._pool import (
     max_pool2d,
     max_pool3d,
 )
+from ._positional import PositionState, RecyclingPositionalEncoding, cyclic_positional_encoding, recycling_positional_encoding
 from ._profile import Profile, count_macs, profile
 from ._rnn import LSTMState, Recurrent, RNNState, gru, lstm, rnn
 from ._seq import Seq, seq
 from ._serialize import load_state, save_state
 from ._streams import clone_state, put_streams, reset_streams, stack_streams, step_streams, take_streams, unstack_streams
 from ._shape import Linear, Reshape, add, constant, identity, linear, multiply, one, reshape, zero
+from ._transformer import (
+    ChannelLayerNorm,
+    EncoderLayerConfig,
+    EncoderLayerState,
+    RetroactiveEncoderLayer,
+    SingleOutputEncoderLayer,
+    WindowEncoderLayer,
+    channel_layer_norm,
+    retroactive_encoder_layer,
+    single_output_encoder_layer,
+    transformer_encoder,
+    window_encoder_layer,
+)
 from ._window import WindowLayer, WindowState
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptivePool",
+    "AttentionState",
     "Broadcast",
     "BroadcastReduce",
+    "ChannelLayerNorm",
     "CofuncError",
     "Conditional",
     "ConditionalState",
@@ -81,6 +98,8 @@ __all__ = [
     "DTypeDeviceError",
     "Delay",
     "DelayState",
+    "EncoderLayerConfig",
+    "EncoderLayerState",
     "InputShapeError",
     "LSTMState",
     "Layer",
@@ -89,16 +108,23 @@ __all__ = [
     "Parallel",
     "ParallelDispatch",
     "Pool",
+    "PositionState",
     "Profile",
     "RNNState",
     "Recurrent",
+    "RecyclingPositionalEncoding",
     "Reduce",
     "Reshape",
+    "RetroactiveEncoderLayer",
+    "RetroactiveMHA",
     "Seq",
+    "SingleOutputEncoderLayer",
+    "SingleOutputMHA",
     "StateError",
     "StepModule",
     "StreamsOutOfStepError",
     "UnsupportedModuleError",
+    "WindowEncoderLayer",
     "WindowLayer",
     "WindowState",
     "adaptive_avg_pool2d",
@@ -111,6 +137,7 @@ __all__ = [
     "avg_pool3d",
     "broadcast",
     "broadcast_reduce",
+    "channel_layer_norm",
     "clone_state",
     "compile_step",
     "conditional",
@@ -119,6 +146,7 @@ __all__ = [
     "conv2d",
     "conv3d",
     "count_macs",
+    "cyclic_positional_encoding",
     "delay",
     "export_onnx",
     "export_step",
@@ -142,22 +170,29 @@ __all__ = [
     "parallel_dispatch",
     "profile",
     "put_streams",
+    "recycling_positional_encoding",
     "reduce",
     "reset_streams",
     "reshape",
     "residual",
+    "retroactive_attention",
+    "retroactive_encoder_layer",
     "rnn",
     "save_state",
     "seq",
+    "single_output_attention",
+    "single_output_encoder_layer",
     "skip",
     "stack_streams",
     "state_spec",
     "step_fn",
     "step_streams",
     "take_streams",
+    "transformer_encoder",
     "tree_map",
     "unflatten_params",
     "unflatten_state",
     "unstack_streams",
+    "window_encoder_layer",
     "zero",
 ]

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._errors import ConfigurationError
-from ._layer import Layer, first_emitting_step
+from ._layer import Layer, first_emitting_step, settled
 
 
 class DelayState(NamedTuple):
@@ -117,8 +117,7 @@ class Delay(Layer):
             return x, DelayState(buffer, count + 1)
         axis = -self.rank
         window = torch.cat([buffer, x.unsqueeze(axis)], dim=axis)
-        # Contiguous, so every state has the fresh state's strides (no recompiles under compile).
-        return window.select(axis, 0), DelayState(window.narrow(axis, 1, self.n).contiguous(), count + 1)
+        return window.select(axis, 0), DelayState(settled(window.narrow(axis, 1, self.n)), count + 1)
 
     def _emit(self, frames: Tensor, clock: int, n_new: int) -> Tensor:
         """Outputs of steps ``clock .. clock + n_new - 1``; ``frames`` starts at frame ``clock - n``."""

@@ -51,6 +51,18 @@ def values_are_concrete(t: Tensor) -> bool:
     return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
 
 
+def settled(buffer: Tensor) -> Tensor:
+    """A state buffer sliced out of a larger window, ready to be stored.
+
+    While compiling or exporting it is made contiguous: every state then has the fresh state's
+    strides, so the graph compiled for the first step serves every later one (dynamo guards on
+    strides). In eager mode the view is kept, which saves a copy per step.
+    """
+    if torch.compiler.is_compiling():
+        return buffer.contiguous()
+    return buffer
+
+
 def emitted(n_inputs: int, delay: int, stride: int) -> int:
     """How many outputs a layer has emitted after ``n_inputs`` steps from a fresh state."""
     if n_inputs <= delay:

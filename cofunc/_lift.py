@@ -90,11 +90,14 @@ class Lift(Layer):
         self.check_clip_input(xs)
         if self.pointwise:
             return self.apply(params, xs)
+        time_axis = 2 if self.rank is None else xs.dim() - self.rank
+        if xs.shape[time_axis] == 0:
+            # A module may refuse an empty clip (a conv): the output shape comes from a frame.
+            step_shape = tuple(s for i, s in enumerate(xs.shape) if i != time_axis)
+            out = self.step_output_shape(step_shape)
+            return xs.new_zeros(out[:time_axis] + (0,) + tuple(out[time_axis:]))
         if self.frame_loop:
             def on_clip(clip):
-                if clip.shape[2] == 0:  # the output shape comes from a stand-in frame
-                    shape = self.apply(params, clip.new_zeros(clip.shape[:2] + clip.shape[3:])).shape
-                    return clip.new_zeros(shape[:2] + (0,) + shape[2:])
                 return torch.stack([self.apply(params, frame) for frame in clip.unbind(2)], dim=2)
         else:
             def on_clip(clip):

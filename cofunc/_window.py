@@ -22,6 +22,7 @@ from ._layer import (
     empty_clip,
     expand_mask,
     first_emitting_step,
+    settled,
     values_are_concrete,
 )
 
@@ -114,9 +115,7 @@ class WindowLayer(Layer):
             first = expand_mask(count == 0, buffer)
             buffer = torch.where(first, frame.expand_as(buffer), buffer)
         window = torch.cat([buffer, frame], dim=axis)
-        # Contiguous, so every state has the fresh state's strides: a compiled step would
-        # otherwise recompile on its second call (dynamo guards on strides).
-        next_state = WindowState(window.narrow(axis, 1, self.receptive_field - 1).contiguous(), count + 1)
+        next_state = WindowState(settled(window.narrow(axis, 1, self.receptive_field - 1)), count + 1)
         if self.stride > 1 and values_are_concrete(count):
             # Strided steps without output in any stream cost no window operation.
             if not bool(emits_after(count + 1, self.delay, self.stride).any()):

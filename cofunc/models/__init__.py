@@ -2,6 +2,8 @@
 
 - `x3d` (CoX3D): pytorchvideo's X3D-XS/S/M/L.
 - `slow_r50` (CoSlow) and `i3d_r50` (CoI3D): pytorchvideo's Slow-8x8-R50 and I3D-8x8-R50.
+- `st_gcn` (ST-GCN / CoST-GCN), `agcn` (AGCN / CoAGCN), `s_tr` (S-TR / CoS-TR): skeleton action
+  recognition on NTU RGB+D, clips ``(B, 3, T, 25, M)``; ``variant="original"`` or ``"star"``.
 
 Each builder returns a `VideoNet` (a `cofunc.nn.Sequential`) whose ``state_dict`` keys are
 pytorchvideo's: the weights of pytorchvideo's hub models (``checkpoint["model_state"]``) load
@@ -10,6 +12,19 @@ with ``load_state_dict``, no conversion needed.
 
 from ._blocks import ResBlock, SqueezeExcitation, Swish, VideoNet
 from .resnet3d import i3d_r50, slow_r50
+from .skeleton import SkeletonNet, agcn, s_tr, st_gcn
 from .x3d import x3d
 
-__all__ = ["ResBlock", "SqueezeExcitation", "Swish", "VideoNet", "i3d_r50", "slow_r50", "x3d"]
+__all__ = [
+    "ResBlock",
+    "SkeletonNet",
+    "SqueezeExcitation",
+    "Swish",
+    "VideoNet",
+    "agcn",
+    "i3d_r50",
+    "s_tr",
+    "slow_r50",
+    "st_gcn",
+    "x3d",
+]

@@ -1,5 +1,6 @@
 """nn.Module adapters: drop-in replacements for co's modules (change one import)."""
 
+from ._attention import RetroactiveMultiheadAttention, SingleOutputMultiheadAttention
 from ._call_mode import call_mode
 from ._closures import Add, Constant, Identity, Lambda, LayerModule, Linear, Multiply, One, Reshape, Skip, Zero
 from ._containers import Broadcast, BroadcastReduce, Conditional, Parallel, ParallelDispatch, Reduce, Residual
@@ -22,6 +23,13 @@ from ._pool import (
 )
 from ._rnn import GRU, LSTM, RNN
 from ._sequential import Sequential
+from ._transformer import (
+    RecyclingPositionalEncoding,
+    RetroactiveTransformerEncoderLayer,
+    SingleOutputTransformerEncoderLayer,
+    TransformerEncoder,
+    TransformerEncoderLayerFactory,
+)
 
 __all__ = [
     "AdaptiveAvgPool2d",
@@ -43,8 +51,8 @@ __all__ = [
     "Delay",
     "GRU",
     "Identity",
-    "Lambda",
     "LSTM",
+    "Lambda",
     "LayerModule",
     "LiftedModule",
     "Linear",
@@ -54,13 +62,20 @@ __all__ = [
     "Multiply",
     "One",
     "Parallel",
-    "RNN",
     "ParallelDispatch",
+    "RNN",
+    "RecyclingPositionalEncoding",
     "Reduce",
     "Reshape",
     "Residual",
+    "RetroactiveMultiheadAttention",
+    "RetroactiveTransformerEncoderLayer",
     "Sequential",
+    "SingleOutputMultiheadAttention",
+    "SingleOutputTransformerEncoderLayer",
     "Skip",
+    "TransformerEncoder",
+    "TransformerEncoderLayerFactory",
     "Zero",
     "call_mode",
     "continual",

@@ -12,6 +12,7 @@ from .._errors import UnsupportedModuleError
 from ._closures import Linear
 from ._conv import Conv1d, Conv2d, Conv3d
 from ._rnn import GRU, LSTM, RNN
+from ._transformer import convert_multihead_attention, convert_transformer_encoder, convert_transformer_encoder_layer
 from ._pool import (
     AdaptiveAvgPool2d,
     AdaptiveAvgPool3d,
@@ -64,8 +65,9 @@ def continual(module: nn.Module, *, temporal_window: Optional[int] = None) -> Co
 
     Continual modules are returned unchanged; ``nn.Sequential`` is converted recursively.
     Unknown types raise `UnsupportedModuleError` (register them with `register`).
-    ``temporal_window`` is the number of frames adaptive pools average over in time (a stream
-    has no clip length to adapt to); it is required when the module holds one.
+    ``temporal_window`` is the number of frames adaptive pools average over in time, and the
+    number of tokens attention and transformer modules attend over (a stream has no clip length
+    to adapt to); it is required when the module holds one of these.
 
     Example:
         >>> import torch, cofunc.nn as cn
@@ -153,3 +155,21 @@ register(nn.Linear, Linear.build_from)
 register(nn.RNN, RNN.build_from)
 register(nn.GRU, GRU.build_from)
 register(nn.LSTM, LSTM.build_from)
+
+
+def _windowed(convert_with_window):
+    """Converters for modules that span a window of tokens: the window is ``temporal_window``."""
+    def convert(module):
+        window = _WINDOW.get()
+        if window is None:
+            raise UnsupportedModuleError(
+                f"continual: nn.{type(module).__name__} attends over a whole clip, whose length a stream does not "
+                f"have; pass continual(..., temporal_window=N) to attend over the last N tokens"
+            )
+        return convert_with_window(module, window)
+    return convert
+
+
+register(nn.MultiheadAttention, _windowed(convert_multihead_attention))
+register(nn.TransformerEncoderLayer, _windowed(convert_transformer_encoder_layer))
+register(nn.TransformerEncoder, _windowed(convert_transformer_encoder))

@@ -26,6 +26,15 @@ class LiftedModule(ContinualModule):
         return lift_module(self)
 
     @property
+    def layer(self):
+        # The lifted layer calls this module's own forward, so a deep copy must build its own.
+        cached = self.__dict__.get("_co_lifted")
+        if cached is None or cached[0] != id(self):
+            cached = (id(self), self._build_layer())
+            self.__dict__["_co_lifted"] = cached
+        return cached[1]
+
+    @property
     def stride(self):
         return (1,)
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import InputShapeError, StateError, StreamsOutOfStepError
-from .._layer import Layer, first_tensor, module_params, shape_of
+from .._layer import Layer, first_tensor, module_params, shape_of, tree_map
 from ._call_mode import _stack, current_call_mode, normalise_call_mode
 
 
@@ -114,7 +114,7 @@ class ContinualModule(nn.Module):
             y, new_state = layer.step(self.params, state, input)
             valid = _all_or_none(layer, layer.valid(new_state))
         if update_state:
-            self._co_state = new_state
+            self._co_state = _without_history(new_state)
         return y if valid else None
 
     def forward_steps(self, input: Tensor, pad_end: bool = False, update_state: bool = True) -> Optional[Tensor]:
@@ -132,7 +132,7 @@ class ContinualModule(nn.Module):
                 state = self._fresh_state(layer, _without_axis(input, axis), like)
             ys, new_state = layer.steps(self.params, state, input, pad_end=pad_end)
         if update_state:
-            self._co_state = new_state
+            self._co_state = _without_history(new_state)
         return ys if first_tensor(ys).shape[layer.out_time_axis()] > 0 else None
 
     def warm_up(self, step_shape) -> None:
@@ -169,6 +169,16 @@ class ContinualModule(nn.Module):
                             f"dtype {a.dtype}, got {tuple(b.shape)} and {b.dtype}"
                         )
         self._co_state = state
+
+
+def _without_history(state):
+    """The state to store: without autograd history.
+
+    States are functions of the params: with grad enabled, each stored state would keep the
+    graphs of all earlier steps alive (memory growing with the stream). Outputs keep their graph,
+    so gradients flow within a call; they do not flow into earlier calls (as truncated BPTT).
+    """
+    return tree_map(lambda t: t.detach(), state)
 
 
 def _check_one_batch_dim(layer: Layer, x: Tensor, clip: bool) -> None:
