@@ -206,6 +206,8 @@ class Conv(WindowLayer):
         stride = (time_stride,) + self.conv_stride[1:]
 
         def run(x):
+            if x.shape[2] == self.receptive_field:
+                return self._one_frame(x, weight, bias).unsqueeze(2)
             if self.padding_mode == "zeros" and all(lo == hi for lo, hi in spatial):
                 return conv(x, weight, bias, stride, (0,) + tuple(lo for lo, _ in spatial), self.dilation, self.groups)
             if any(lo or hi for lo, hi in spatial):
@@ -215,6 +217,29 @@ class Conv(WindowLayer):
             return conv(x, weight, bias, stride, 0, self.dilation, self.groups)
 
         return with_one_batch_dim(run, window, self.dims + 1)
+
+    def _one_frame(self, window: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """The one output frame of a window of exactly ``receptive_field`` frames ``(N, C, rf, *S)``.
+
+        The kernel's time taps are folded into the channels, so this is a convolution in space
+        only: the same multiply-adds, but torch runs an (N-1)-d convolution at batch 1 on its
+        fast path, where a 3-d one over a few frames falls back to a slow kernel.
+        """
+        taps = window[:, :, :: self.dilation[0]] if self.dilation[0] > 1 else window
+        n, c, kt = taps.shape[:3]
+        x = taps.reshape((n, c * kt) + tuple(taps.shape[3:]))
+        w = weight.reshape((weight.shape[0], weight.shape[1] * kt) + tuple(weight.shape[3:]))
+        if self.dims == 1:
+            return F.conv1d(x.unsqueeze(-1), w.unsqueeze(-1), bias, groups=self.groups).squeeze(-1)
+        spatial = self._pads[1:]
+        conv = _CONV_FN[self.dims - 1]
+        stride, dilation = self.conv_stride[1:], self.dilation[1:]
+        if self.padding_mode == "zeros" and all(lo == hi for lo, hi in spatial):
+            return conv(x, w, bias, stride, tuple(lo for lo, _ in spatial), dilation, self.groups)
+        if any(lo or hi for lo, hi in spatial):
+            pads = tuple(p for pair in reversed(spatial) for p in pair)
+            x = F.pad(x, pads, mode="constant" if self.padding_mode == "zeros" else self.padding_mode)
+        return conv(x, w, bias, stride, 0, dilation, self.groups)
 
 
 def _make(dims):
