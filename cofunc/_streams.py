@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ._errors import StateError
-from ._layer import TREE_NAMESPACE, Layer, tree_map, tree_where
+from ._layer import TREE_NAMESPACE, Layer, tree_map, tree_where, values_are_concrete
 
 Streams = Union[Tensor, Sequence[int], slice]
 
@@ -58,7 +58,8 @@ def step_streams(layer: Layer, params, state, x: Tensor, active: Tensor):
         tensor([1, 0])
     """
     y, new_state = layer.step(params, state, x)
-    new_state = tree_where(active, new_state, state)
+    if not (values_are_concrete(active) and bool(active.all())):  # all active: nothing to keep
+        new_state = tree_where(active, new_state, state)
     return y, layer.valid(new_state) & active, new_state
 
 
