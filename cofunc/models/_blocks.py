@@ -238,13 +238,6 @@ class SqueezeExcitation(cn.ContinualModule):
         inner = broadcast_reduce(self._align(), module, reduce=_gate, auto_delay=False)
         return Remap(inner, lambda p: {"1": {"1": p.get("block", {})}}, lambda p: {"block": p["1"]["1"]}, "se", 3)
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (self.layer.padding,)
 
     def forward(self, x: Tensor) -> Tensor:
         gates = self.block(self.__dict__["_co_pool"].forward({}, x))
@@ -305,13 +298,6 @@ class ResBlock(cn.ContinualModule):
 
         return Remap(seq(OrderedDict(children)), view, unview, "res_block")
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (self.layer.padding,)
 
     def forward(self, x: Tensor) -> Tensor:
         main = self.branch2(x)

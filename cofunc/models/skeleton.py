@@ -157,13 +157,6 @@ class FrameModule(cn.ContinualModule):
                          rank=self._step_rank, template=self, same_rank=self._step_rank == self._out_rank,
                          out=self._out_rank)
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (0,)
 
     def _check_step_mode(self):
         # A training-mode norm uses the statistics of the whole clip, which a step cannot see.
@@ -525,13 +518,6 @@ class SpatioTemporalBlock(cn.ContinualModule):
         layer = seq(OrderedDict(block=inner, relu=self.relu.layer.with_rank(main.out_rank)))
         return Remap(layer, view, unview, "st_block")
 
-    @property
-    def stride(self):
-        return (self.layer.stride,)
-
-    @property
-    def padding(self):
-        return (self.layer.padding,)
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.tcn(self.gcn(x))

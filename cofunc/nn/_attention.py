@@ -49,13 +49,6 @@ class _ContinualMultiheadAttention(ContinualModule, nn.MultiheadAttention):
         self.embed_dim_second = embed_dim_second
         self.__dict__["_co_layer"] = self._build_layer()  # validates the configuration now
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (0,)
 
     # --- layouts ---------------------------------------------------------------------------------
     def _to_native(self, x: Optional[Tensor]) -> Optional[Tensor]:

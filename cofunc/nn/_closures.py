@@ -22,13 +22,6 @@ class LayerModule(ContinualModule):
         super().__init__()
         self.__dict__["_co_layer"] = layer
 
-    @property
-    def stride(self):
-        return (self.layer.stride,)
-
-    @property
-    def padding(self):
-        return (self.layer.padding,)
 
     def forward(self, input):
         return self._layer_for(_rank_of_clip(input)).forward(self.params, input)
@@ -179,13 +172,6 @@ class Linear(ContinualModule, nn.Linear):
         dim = None if self.channel_dim == 1 else self.channel_dim
         return _shape.Linear(self.in_features, self.out_features, self.bias is not None, dim)
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (0,)
 
     def forward(self, input):
         return self.layer.forward(self.params, input)

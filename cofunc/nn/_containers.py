@@ -46,13 +46,6 @@ class _Branches(ContinualModule):
             self.__dict__["_co_cached"] = cached
         return cached[1]
 
-    @property
-    def stride(self):
-        return (self.layer.stride,)
-
-    @property
-    def padding(self):
-        return (self.layer.padding,)
 
     def clean_state(self):
         super().clean_state()

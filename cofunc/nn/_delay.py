@@ -31,13 +31,6 @@ class Delay(ContinualModule):
         self.__dict__["_co_layer"] = DelayLayer(delay, rank)
         self.temporal_fill = temporal_fill
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (0,)
 
     def forward(self, input):
         return input

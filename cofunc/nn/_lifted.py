@@ -34,13 +34,6 @@ class LiftedModule(ContinualModule):
             self.__dict__["_co_lifted"] = cached
         return cached[1]
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (0,)
 
     def _check_step_mode(self):
         if isinstance(self, _STATISTICS_NORMS) and self.training:

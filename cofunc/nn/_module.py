@@ -71,6 +71,28 @@ class ContinualModule(nn.Module):
     def receptive_field(self) -> int:
         return self.layer.receptive_field
 
+    # co's stride and padding are tuples whose first entry is time. The torch.nn classes that
+    # own these attributes (convolutions, pools) set them in their __init__ and keep their values.
+    @property
+    def stride(self) -> tuple:
+        if "_torch_stride" in self.__dict__:
+            return self.__dict__["_torch_stride"]
+        return (self.layer.stride,)
+
+    @stride.setter
+    def stride(self, value) -> None:
+        self.__dict__["_torch_stride"] = value
+
+    @property
+    def padding(self) -> tuple:
+        if "_torch_padding" in self.__dict__:
+            return self.__dict__["_torch_padding"]
+        return (self.layer.padding,)
+
+    @padding.setter
+    def padding(self, value) -> None:
+        self.__dict__["_torch_padding"] = value
+
     # --- call modes ---------------------------------------------------------------------------
     @property
     def call_mode(self) -> str:

@@ -112,13 +112,6 @@ class _AdaptivePoolAdapter(ContinualModule):
     def kernel_size(self):
         return self.layer.kernel_size
 
-    @property
-    def stride(self):
-        return (self.layer.stride,)
-
-    @property
-    def padding(self):
-        return (self.layer.padding,)
 
     def forward(self, input):
         return self.layer.forward({}, input)

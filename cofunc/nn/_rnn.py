@@ -36,13 +36,6 @@ class _Recurrent(ContinualModule):
             self.proj_size,
         )
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (0,)
 
     def forward(self, input: Tensor, hx=None):
         """torch.nn's computation on ``input (B, input_size, T)`` (or unbatched ``(input_size, T)``):

@@ -67,13 +67,6 @@ class Sequential(ContinualModule, nn.Sequential):
             self.__dict__["_co_layer"] = cached
         return cached[1]
 
-    @property
-    def stride(self):
-        return (self.layer.stride,)
-
-    @property
-    def padding(self):
-        return (self.layer.padding,)
 
     def clean_state(self):
         super().clean_state()

@@ -47,13 +47,6 @@ class _ContinualEncoderLayer(ContinualModule, nn.TransformerEncoderLayer):
         self.sequence_len = sequence_len
         self.__dict__["_co_layer"] = self._build_layer()  # validates the configuration now
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (0,)
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: bool = False) -> Tensor:
@@ -208,13 +201,6 @@ class TransformerEncoder(ContinualModule, nn.TransformerEncoder):
         return transformer_encoder(EncoderLayerConfig.from_module(self.layers[0]), self.num_layers, self.norm,
                                    self.sequence_len)
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (0,)
 
     def forward(self, src: Tensor, mask: Optional[Tensor] = None, src_key_padding_mask: Optional[Tensor] = None,
                 is_causal: Optional[bool] = None) -> Tensor:
@@ -271,13 +257,6 @@ class RecyclingPositionalEncoding(ContinualModule):
         self.pe = nn.Embedding(num_embeds, embed_dim) if learned else _CyclicPattern(num_embeds, embed_dim)
         self.forward_update_index_steps = forward_update_index_steps
 
-    @property
-    def stride(self):
-        return (1,)
-
-    @property
-    def padding(self):
-        return (0,)
 
     def forward(self, input: Tensor) -> Tensor:
         return self.layer.forward(self.params, input)
