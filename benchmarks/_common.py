@@ -211,52 +211,6 @@ class OtherLoad:
         self.cores = max(0.0, (busy - self._busy - own) / wall)
 
 
-def render_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> List[str]:
-    """The lines of a markdown table."""
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    for row in rows:
-        if len(row) != len(header):
-            raise ValueError(f"a table row has {len(row)} cells but the header has {len(header)}: {list(row)}")
-        lines.append("| " + " | ".join(str(c) for c in row) + " |")
-    return lines
-
-
-def _busy_cpu_seconds() -> Optional[float]:
-    """CPU seconds all processes have spent busy since boot (Linux ``/proc/stat``), or None."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()[1:]
-    except OSError:
-        return None
-    # user nice system idle iowait irq softirq steal ...: everything but idle and iowait is busy.
-    ticks = [int(v) for v in fields[:8]]
-    busy = sum(ticks) - ticks[3] - ticks[4]
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-class OtherLoad:
-    """Measures how many cores *other* processes kept busy while a block ran (a noise gauge).
-
-    Use as a context manager; afterwards ``cores`` is the machine's busy CPU time minus this
-    process's own, divided by the wall time (NaN where ``/proc/stat`` is unavailable).
-    """
-
-    def __enter__(self) -> "OtherLoad":
-        self._busy = _busy_cpu_seconds()
-        self._own = sum(os.times()[:2])
-        self._wall = time.perf_counter()
-        self.cores = float("nan")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        busy = _busy_cpu_seconds()
-        wall = time.perf_counter() - self._wall
-        if busy is None or self._busy is None or wall <= 0:
-            return
-        own = sum(os.times()[:2]) - self._own
-        self.cores = max(0.0, (busy - self._busy - own) / wall)
-
-
 def wait_for_quiet(max_other_cores: float, timeout: float, probe: float = 2.0) -> float:
     """Wait (up to ``timeout`` seconds) until other processes use at most ``max_other_cores``
     cores over a ``probe``-second window. Returns the last measured value (NaN if unknown)."""
