@@ -24,6 +24,7 @@ from typing import Optional, Sequence, Tuple, Union
 from torch import nn
 
 import cofunc.nn as cn
+from cofunc._errors import ConfigurationError
 
 from ._blocks import (
     TEMPORAL_PADDINGS,
@@ -127,7 +128,7 @@ def _resnet(name, num_classes, clip_length, crop_size, temporal_padding, head_po
     the stages)."""
     check_choice("temporal_padding", temporal_padding, TEMPORAL_PADDINGS)
     if len(stage_depths) != 4 or min(stage_depths) < 1:
-        raise ValueError(f"{name}: stage_depths needs 4 positive block counts, got {tuple(stage_depths)}")
+        raise ConfigurationError(f"{name}: stage_depths needs 4 positive block counts, got {tuple(stage_depths)}")
     temporal_stride = 2 if stage1_pool else 1
     head_pool = clip_length // temporal_stride if head_pool is None else head_pool
     config = dict(model=name, num_classes=num_classes, clip_length=clip_length, crop_size=crop_size,
