@@ -8,7 +8,7 @@ from typing import Callable, Dict, Optional, Type
 
 from torch import nn
 
-from .._errors import ConfigurationError, UnsupportedModuleError
+from .._errors import UnsupportedModuleError
 from ._closures import Linear
 from ._conv import Conv1d, Conv2d, Conv3d
 from ._rnn import GRU, LSTM, RNN
@@ -56,7 +56,7 @@ def register(torch_class: Type[nn.Module], converter: Converter) -> None:
         tensor([[9., 9.]])
     """
     if not (isinstance(torch_class, type) and issubclass(torch_class, nn.Module)):
-        raise ConfigurationError(f"register: expected a torch.nn.Module subclass, got {torch_class!r}")
+        raise UnsupportedModuleError(f"register: expected a torch.nn.Module subclass, got {torch_class!r}")
     _CONVERTERS[torch_class] = converter
 
 
