@@ -74,7 +74,6 @@ def main(argv=None) -> int:
     def active_at(tick):
         return starts <= tick
 
-    step = cofunc.step_fn(layer)
     vstep = torch.func.vmap(layer.step, in_dims=(None, 0, 0))
     compiled = cofunc.compile_step(layer)
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError
-from ._layer import Layer, check_dtype_device, empty_clip, module_params
+from ._layer import Layer, check_dtype_device, module_params
 
 AttentionInput = Union[Tensor, Tuple[Tensor, Tensor, Tensor]]
 

@@ -9,9 +9,9 @@ multiply-adds (co convolves each frame with the whole kernel and keeps ``k_t`` p
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional, Sequence, Tuple, Union
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -206,7 +206,7 @@ class Conv(WindowLayer):
         stride = (time_stride,) + self.conv_stride[1:]
 
         def run(x):
-            if x.shape[2] == self.receptive_field:
+            if x.shape[2] == self.receptive_field and not self._depthwise_in_space:
                 return self._one_frame(x, weight, bias).unsqueeze(2)
             if self.padding_mode == "zeros" and all(lo == hi for lo, hi in spatial):
                 return conv(x, weight, bias, stride, (0,) + tuple(lo for lo, _ in spatial), self.dilation, self.groups)
@@ -217,6 +217,13 @@ class Conv(WindowLayer):
             return conv(x, weight, bias, stride, 0, self.dilation, self.groups)
 
         return with_one_batch_dim(run, window, self.dims + 1)
+
+    @property
+    def _depthwise_in_space(self) -> bool:
+        """A depthwise convolution with a spatial kernel (X3D's 3x3x3 convs): folding its time
+        taps into the channels would make a grouped convolution with ``kt`` channels per group,
+        which torch runs several times slower than the depthwise N-d convolution of the window."""
+        return self.dims > 1 and self.groups > 1 and self.in_channels == self.groups and math.prod(self.kernel_size[1:]) > 1
 
     def _one_frame(self, window: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """The one output frame of a window of exactly ``receptive_field`` frames ``(N, C, rf, *S)``.

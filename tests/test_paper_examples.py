@@ -23,7 +23,6 @@ Shapes: clips ``(B, C, T, H, W)``, steps ``(B, C, H, W)``.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 
 import pytest
 import torch

@@ -17,7 +17,6 @@ Shapes: clips ``(*B, C, T, *S)``, steps ``(*B, C, *S)``.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from typing import Optional, Tuple
 

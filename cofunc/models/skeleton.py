@@ -158,17 +158,6 @@ class FrameModule(cn.ContinualModule):
                          out=self._out_rank)
 
 
-    def _check_step_mode(self):
-        # A training-mode norm uses the statistics of the whole clip, which a step cannot see.
-        for sub in self.modules():
-            if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
-                raise ConfigurationError(
-                    f"{type(self).__name__}: its batch norm {type(sub).__name__} is in training mode and "
-                    f"normalises with the statistics of the whole clip, which a step cannot see; call .eval() "
-                    f"before stepping"
-                )
-        super()._check_step_mode()
-
 
 def _frame_apply(module: FrameModule, params, x: Tensor) -> Tensor:
     """``module``'s ``forward`` on clips ``x`` with ``params`` (`FrameModule`'s step function)."""

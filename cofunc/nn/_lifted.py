@@ -12,11 +12,9 @@ from typing import Dict, Type
 
 from torch import nn
 
-from .._errors import ConfigurationError
 from .._lift import lift_module
 from ._module import ContinualModule
 
-_STATISTICS_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
 
 
 class LiftedModule(ContinualModule):
@@ -35,13 +33,6 @@ class LiftedModule(ContinualModule):
         return cached[1]
 
 
-    def _check_step_mode(self):
-        if isinstance(self, _STATISTICS_NORMS) and self.training:
-            raise ConfigurationError(
-                f"{type(self).__name__}: in training mode this norm normalises with the statistics "
-                f"of the whole clip, which a step cannot see; call .eval() before stepping"
-            )
-        self.layer  # noqa: B018 (building the layer rejects norms that always use clip statistics)
 
 
 _CLASSES: Dict[type, Type[LiftedModule]] = {}

@@ -8,9 +8,26 @@ import optree
 import torch
 from torch import Tensor, nn
 
-from .._errors import InputShapeError, StateError, StreamsOutOfStepError
+from .._errors import ConfigurationError, InputShapeError, StateError, StreamsOutOfStepError
 from .._layer import Layer, first_tensor, module_params, shape_of, tree_map
 from ._call_mode import _stack, current_call_mode, normalise_call_mode
+
+
+_STATISTICS_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
+
+# Bumped whenever any module registers a parameter, buffer or submodule (assignments included):
+# adapters cache their params and module lists until then. In-place changes (load_state_dict,
+# .to(), optimisers) keep the tensor objects, so they need no bump.
+_registry_version = [0]
+
+
+def _bump_registry_version(*args):
+    _registry_version[0] += 1
+
+
+nn.modules.module.register_module_parameter_registration_hook(_bump_registry_version)
+nn.modules.module.register_module_buffer_registration_hook(_bump_registry_version)
+nn.modules.module.register_module_module_registration_hook(_bump_registry_version)
 
 
 class _ForwardMode:
@@ -59,8 +76,13 @@ class ContinualModule(nn.Module):
 
     @property
     def params(self) -> dict:
-        """The tensors the computation reads (parameters, persistent buffers), nested by name."""
-        return module_params(self)
+        """The tensors the computation reads (parameters, persistent buffers), nested by name:
+        the module's own tensors (kept until a parameter, buffer or submodule is registered)."""
+        cached = self.__dict__.get("_co_params")
+        if cached is None or cached[0] != _registry_version[0]:
+            cached = (_registry_version[0], module_params(self))
+            self.__dict__["_co_params"] = cached
+        return cached[1]
 
     # --- temporal metadata (co's names; stride and padding are tuples, time first) ----------
     @property
@@ -116,11 +138,23 @@ class ContinualModule(nn.Module):
         return layer.init_state(self.params, step_shape, device=like.device, dtype=like.dtype)
 
     def _check_step_mode(self) -> None:
-        """Raise if a step cannot equal the clip in the current mode (for example batch norm in
-        training mode); containers check their children."""
-        for child in self.children():
-            if isinstance(child, ContinualModule):
-                child._check_step_mode()
+        """Raise if a step cannot equal the clip: a norm in training mode (here or in any
+        submodule) normalises with the statistics of the whole clip, which a step cannot see."""
+        for norm in self._statistics_norms():
+            if norm.training:
+                raise ConfigurationError(
+                    f"{type(self).__name__}: {type(norm).__name__} is in training mode and normalises with "
+                    f"the statistics of the whole clip, which a step cannot see; call .eval() before stepping"
+                )
+
+    def _statistics_norms(self):
+        """The batch and instance norms in this module's tree (cached until modules change)."""
+        cached = self.__dict__.get("_co_norms")
+        if cached is None or cached[0] != _registry_version[0]:
+            norms = [m for m in self.modules() if isinstance(m, _STATISTICS_NORMS)]
+            cached = (_registry_version[0], norms)
+            self.__dict__["_co_norms"] = cached
+        return cached[1]
 
     def forward_step(self, input: Tensor, update_state: bool = True) -> Optional[Tensor]:
         """One frame ``(B, C, *S)`` in; the output frame, or ``None`` while warming up or on a
