@@ -1,11 +1,22 @@
-"""``make demo``: stream a synthetic video through a small continual 3D CNN.
+"""``make demo``: stream a synthetic video through CoX3D-S, the continual X3D-S.
 
-A regular torch.nn 3D CNN is converted with ``cofunc.nn.continual`` (same weights). The demo
-checks that the continual step outputs equal the regular network's clip outputs, then compares
-the latency of one continual step with recomputing the network's window at every step, which is
-what online inference with a regular network costs.
+A video of coloured squares bouncing around (``moving_squares``) goes frame by frame through
+`cofunc.models.x3d` ("S": 13-frame clips of 160x160). The networks are randomly initialised
+(no weights are downloaded; pytorchvideo's X3D-S weights would load unchanged with
+``load_state_dict``), with random batch-norm statistics so that every residual branch counts.
+The demo
 
-Run: ``python -m cofunc.demo [--frames 48] [--size 64]``.
+1. checks the exact mode (temporal padding kept, clip-scope squeeze-and-excitation): stepping a
+   13-frame clip from a fresh state with ``pad_end=True`` returns the regular X3D-S output;
+2. streams the video frame by frame through the published CoX3D-S (frame-scope
+   squeeze-and-excitation) and checks that every step's output equals that network's own clip
+   ``forward`` (nothing for the first ``delay`` steps, then one score vector per frame);
+3. compares, per prediction, the continual step with the regular X3D-S recomputing its 13-frame
+   window at every frame: MACs (`cofunc.profile`, `cofunc.count_macs`; FLOPs = 2 x MACs) and
+   latency (median wall time, batch 1).
+
+Run: ``python -m cofunc.demo [--frames 48] [--size 160] [--repeats 15] [--threads 1]``. The
+default is the published frame size; with one thread it takes about 15-30 s on a small CPU.
 """
 
 from __future__ import annotations
@@ -17,41 +28,12 @@ import time
 import torch
 from torch import nn
 
-import cofunc.nn as cn
+from cofunc import count_macs, profile
+from cofunc.models import x3d
 
-
-class SpatialMean(nn.Module):
-    """Average over the two trailing (spatial) axes: ``(B, C, T, H, W) -> (B, C, T)``."""
-
-    def forward(self, x):
-        return x.mean(dim=(-2, -1))
-
-
-# A per-frame module: registering it is all `continual` needs.
-cn.register(SpatialMean, cn.lift_nn_module)
-
-
-def small_3d_cnn(classes: int = 10) -> nn.Sequential:
-    """A stem and three residual-free conv blocks, as a regular torch.nn clip network."""
-
-    def block(c_in, c_out, spatial_stride):
-        return [
-            nn.Conv3d(c_in, c_out, 3, stride=(1, spatial_stride, spatial_stride), padding=1, bias=False),
-            nn.BatchNorm3d(c_out),
-            nn.ReLU(),
-        ]
-
-    return nn.Sequential(
-        nn.Conv3d(3, 24, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False),
-        nn.Conv3d(24, 24, (5, 1, 1), padding=(2, 0, 0), groups=24, bias=False),
-        nn.BatchNorm3d(24),
-        nn.ReLU(),
-        *block(24, 48, 2),
-        *block(48, 48, 1),
-        *block(48, 96, 2),
-        SpatialMean(),
-        nn.Conv1d(96, classes, 1),
-    )
+CLIP = 13  # X3D-S's clip length
+CLASSES = 400
+TOL = 1e-4  # max |diff| relative to the largest |score| (float32, ~100 layers deep)
 
 
 def moving_squares(frames: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -78,6 +60,25 @@ def moving_squares(frames: int, size: int, seed: int = 0) -> torch.Tensor:
     return clip + 0.05 * torch.randn(clip.shape, generator=g)
 
 
+def randomize_norms(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Random batch-norm statistics and affine params (X3D zero-initialises the last norm of
+    every residual branch, which would make the branches vanish); eval mode."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return net.eval()
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    return float((a - b).abs().max() / b.abs().max())
+
+
 def _median_ms(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -89,46 +90,75 @@ def _median_ms(fn, repeats: int) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=48)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--frames", type=int, default=48, help="frames of the streamed video (more than the delay, 40)")
+    parser.add_argument("--size", type=int, default=160, help="frame size (X3D-S: 160)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed calls per candidate")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (batch-1 steps are many small ops)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    started = time.perf_counter()
+    size = args.size
 
-    regular = small_3d_cnn().eval()
-    with torch.no_grad():  # give the batch norms non-trivial statistics
-        for m in regular.modules():
-            if isinstance(m, nn.BatchNorm3d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    net = cn.continual(regular).eval()
-    clip = moving_squares(args.frames, args.size)
+    # The published CoX3D-S and the regular X3D-S (clip-scope SE: pytorchvideo's X3D-S), same weights.
+    continual = randomize_norms(x3d("S", se="frame", crop_size=size, head_activation=None))
+    regular = x3d("S", se="clip", crop_size=size, head_activation=None).eval()
+    regular.load_state_dict(continual.state_dict())
+    if args.frames <= continual.delay:
+        parser.error(f"--frames must exceed CoX3D-S's delay ({continual.delay})")
+    video = moving_squares(args.frames, size)
+    print(f"CoX3D-S on {args.frames} frames of {size}x{size}, random weights, {args.threads} thread(s); "
+          f"delay {continual.delay} steps, receptive field {continual.receptive_field} frames")
 
-    print(f"continual 3D CNN: receptive field {net.receptive_field} frames, delay {net.delay}, "
-          f"padding {net.padding[0]}, stride {net.stride[0]}")
+    ok = True
     with torch.no_grad():
-        expected = regular(clip)
-        outputs = [net.forward_step(clip[:, :, t]) for t in range(args.frames)]
-        empty = sum(o is None for o in outputs)
-        stepped = torch.stack([o for o in outputs if o is not None], dim=2)
-        flushed = net.forward_steps(torch.zeros(1, 3, 0, args.size, args.size), pad_end=True)
-        stepped_all = torch.cat([stepped, flushed], dim=2)
-    error = (stepped_all - expected).abs().max().item()
-    ok = stepped_all.shape == expected.shape and error < 1e-4
-    print(f"{args.frames} steps: {empty} empty while warming up, {stepped.shape[2]} outputs, "
-          f"{flushed.shape[2]} more from end padding; max |step - clip| = {error:.2e} "
-          f"({'equal' if ok else 'MISMATCH'})")
+        # 1. Exact mode: a regular 13-frame clip, stepped from a fresh state with pad_end.
+        window = video[:, :, :CLIP]
+        expected = regular(window)
+        regular.clean_state()
+        stepped = regular.forward_steps(window, pad_end=True)
+        err = relative_error(stepped, expected)
+        exact = stepped.shape == expected.shape == (1, CLASSES, 1) and err < TOL
+        ok &= exact
+        print(f"1. exact mode (clip-scope SE, delay {regular.delay}): stepping a {CLIP}-frame clip with pad_end "
+              f"gives the regular X3D-S output: {'equal' if exact else 'MISMATCH'} (max rel. diff {err:.1e})")
 
-    window = clip[:, :, -net.receptive_field:]
-    frame = clip[:, :, -1]
-    with torch.no_grad():
-        for _ in range(5):  # warm every shape (oneDNN's first calls are slow)
-            net.forward_step(frame)
+        # 2. The published model, frame by frame: its steps emit its own clip forward.
+        own = continual(video)  # (1, K, frames - CLIP + 1)
+        continual.clean_state()
+        start = time.perf_counter()
+        outputs = [continual.forward_step(video[:, :, t]) for t in range(args.frames)]
+        stream_s = time.perf_counter() - start
+        silent = sum(o is None for o in outputs)
+        emitted = torch.stack([o for o in outputs if o is not None], dim=2)
+        err = relative_error(emitted, own[:, :, : emitted.shape[2]])
+        streamed = silent == continual.delay and all(o is not None for o in outputs[silent:]) and err < TOL
+        ok &= streamed
+        labels = emitted[0].argmax(0).tolist()
+        print(f"2. streaming (frame-scope SE): {silent} steps without output, then {emitted.shape[2]} score vectors "
+              f"(one per frame, top classes {labels[:8]}{' ...' if len(labels) > 8 else ''}); equal to the "
+              f"network's clip forward: {'yes' if streamed else 'MISMATCH'} (max rel. diff {err:.1e}); "
+              f"{1e3 * stream_s / args.frames:.1f} ms per frame")
+
+        # 3. Costs per prediction: one continual step vs the regular network on its 13-frame window.
+        p = profile(continual.layer, continual.params, (1, 3, size, size), clip_length=CLIP)
+        window = video[:, :, -CLIP:]
+        regular_macs, _ = count_macs(regular, window)
+        frame = video[:, :, -1]
+        for _ in range(3):  # warm every shape (oneDNN's first calls are slow)
+            continual.forward_step(frame)
             regular(window)
-        step_ms = _median_ms(lambda: net.forward_step(frame), args.repeats)
-        window_ms = _median_ms(lambda: regular(window), args.repeats)
-    print(f"per-step latency: continual {step_ms:.2f} ms, regular network on its "
-          f"{net.receptive_field}-frame window {window_ms:.2f} ms ({window_ms / step_ms:.1f}x)")
+        step_ms = _median_ms(lambda: continual.forward_step(frame), args.repeats)
+        window_ms = _median_ms(lambda: regular(window), max(3, args.repeats // 3))
+    print("3. per prediction (batch 1):")
+    rows = [("continual CoX3D-S, one step", p.macs_per_prediction, step_ms),
+            (f"regular X3D-S on its {CLIP}-frame window", regular_macs, window_ms)]
+    width = max(len(name) for name, _, _ in rows)
+    for name, macs, ms in rows:
+        print(f"   {name:<{width}}  {macs / 1e9:6.3f} GMACs ({2 * macs / 1e9:6.3f} GFLOPs)  {ms:7.1f} ms")
+    print(f"   continual saves {regular_macs / p.macs_per_prediction:.1f}x the MACs and runs "
+          f"{window_ms / step_ms:.1f}x faster; its state holds {p.state_bytes / 2**20:.1f} MiB")
+    print(f"done in {time.perf_counter() - started:.0f} s: {'all checks passed' if ok else 'CHECKS FAILED'}")
     return 0 if ok else 1
 
 
