@@ -48,7 +48,7 @@ test-quick: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow and not pytorchvideo"
 
 bench: venv
-	$(PY) benchmarks/bench_conv.py
+	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) $(PV_VENV) .pytest_cache .hypothesis
