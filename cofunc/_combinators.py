@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._delay import Delay
 from ._errors import ConfigurationError, InputShapeError, StateError
-from ._layer import EMPTY_PARAMS, Layer, read_shared_clock
+from ._layer import EMPTY_PARAMS, Layer, StatelessAnyRank, read_shared_clock
 from ._seq import Seq
 
 
@@ -78,7 +78,7 @@ def _share_rank(layers):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Broadcast(Layer):
+class Broadcast(StatelessAnyRank, Layer):
     """``x -> (x, ..., x)``, ``n`` copies. Stateless."""
 
     n: int
@@ -91,21 +91,6 @@ class Broadcast(Layer):
     @property
     def label(self):
         return f"broadcast({self.n})"
-
-    @property
-    def step_rank(self):
-        return self.rank
-
-    @property
-    def keeps_rank(self):
-        return True
-
-    @property
-    def stateful(self):
-        return False
-
-    def with_rank(self, rank):
-        return dataclasses.replace(self, rank=rank)
 
     def step(self, params, state, x):
         return (x,) * self.n, state
@@ -334,7 +319,7 @@ _REDUCERS = {"sum": lambda v: functools.reduce(operator.add, v), "mul": lambda v
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Reduce(Layer):
+class Reduce(StatelessAnyRank, Layer):
     """Merge a tuple of streams into one: ``"sum"``, ``"concat"`` (channels), ``"mul"``,
     ``"max"``, or a callable ``Sequence[Tensor] -> Tensor``. Stateless."""
 
@@ -350,21 +335,6 @@ class Reduce(Layer):
     @property
     def label(self):
         return f"reduce({self.how if isinstance(self.how, str) else getattr(self.how, '__name__', 'fn')})"
-
-    @property
-    def step_rank(self):
-        return self.rank
-
-    @property
-    def keeps_rank(self):
-        return True
-
-    @property
-    def stateful(self):
-        return False
-
-    def with_rank(self, rank):
-        return dataclasses.replace(self, rank=rank)
 
     def _apply(self, values, clip: bool):
         if not isinstance(values, (tuple, list)) or not values:

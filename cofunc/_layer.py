@@ -420,6 +420,26 @@ def with_one_batch_dim(fn: Callable[[Tensor], Tensor], x: Tensor, unbatched_rank
     return y.reshape(tuple(lead) + tuple(y.shape[1:]))
 
 
+class StatelessAnyRank:
+    """Mix-in for stateless layers that keep the rank of whatever they get: their ``rank`` field
+    (the non-batch rank of a step) is given, or taken from their neighbours in a `seq`."""
+
+    @property
+    def step_rank(self):
+        return self.rank
+
+    @property
+    def keeps_rank(self) -> bool:
+        return True
+
+    @property
+    def stateful(self) -> bool:
+        return False
+
+    def with_rank(self, rank: int):
+        return dataclasses.replace(self, rank=rank)
+
+
 def module_params(module: torch.nn.Module) -> dict:
     """The tensors a module's computation reads, nested like its ``state_dict`` keys.
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError, InputShapeError
-from ._layer import Layer, check_dtype_device
+from ._layer import Layer, StatelessAnyRank, check_dtype_device
 from ._lift import Lift
 
 
@@ -134,7 +134,7 @@ def reshape(*shape: int, contiguous: bool = False) -> Reshape:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Linear(Layer):
+class Linear(StatelessAnyRank, Layer):
     """``torch.nn.Linear`` applied to the channel axis of clips ``(*B, C, T, *S)`` and steps
     ``(*B, C, *S)``; or, with ``channel_dim`` set, to that axis of both (co's convention)."""
 
@@ -147,21 +147,6 @@ class Linear(Layer):
     @property
     def label(self):
         return f"linear({self.in_features}->{self.out_features})"
-
-    @property
-    def step_rank(self):
-        return self.rank
-
-    @property
-    def keeps_rank(self):
-        return True
-
-    @property
-    def stateful(self):
-        return False
-
-    def with_rank(self, rank):
-        return dataclasses.replace(self, rank=rank)
 
     def init_params(self, *, device=None, dtype=None):
         module = nn.Linear(self.in_features, self.out_features, self.bias, device=device, dtype=dtype)
