@@ -8,7 +8,7 @@ from typing import Mapping, Tuple, Union
 import torch
 
 from ._errors import ConfigurationError, StateError
-from ._layer import EMPTY_PARAMS, Layer, emitted, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
+from ._layer import EMPTY_PARAMS, Layer, emits_after, emitted, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
 
 
 def _resolve_ranks(children):
@@ -162,6 +162,11 @@ class Seq(Layer):
         return None
 
     def valid(self, state):
+        # The children advance only on real inputs, so the sequence emits exactly when its
+        # folded delay and stride say, counted on its own clock: no walk over the subtree.
+        count = self.clock(state)
+        if count is not None:
+            return emits_after(count, self.delay, self.stride)
         out = None
         for child, s in zip(self.layers, state):
             if child.delay > 0 or child.stride > 1:
