@@ -5,8 +5,11 @@ process (`_common.bench_interleaved`):
 
 - **cofunc eager**: ``net.layer.step(params, state, frame)``, the model's functional layer, the
   state carried from call to call;
-- **cofunc compiled**: ``cofunc.compile_step(net.layer)`` (``torch.compile(fullgraph=True)``)
-  with detached params;
+- **cofunc compiled**: ``cofunc.compile_step(net.layer, options={"layout_optimization": False})``
+  (``torch.compile(fullgraph=True)``) with detached params. Inductor's layout optimisation
+  (channels-last convolutions) slows batch-1 steps down: with it, CoSlow's compiled step took
+  1.5x the eager step's time (250 vs 170 ms, one thread), without it 0.75x; CoX3D-S 0.92x vs
+  0.77x;
 - **co 1.2.4**: the same network built from ``continual`` modules by `co_network` (``co.Conv3d``,
   ``co.BroadcastReduce``, ``co.Residual``, ``co.AdaptiveAvgPool3d``, ``co.AvgPool3d``,
   ``co.MaxPool3d``, ``co.Linear``, ``co.Lambda``, ``co.forward_stepping``: co3d's building
@@ -80,6 +83,8 @@ from _common import (  # noqa: E402
 
 EAGER, COMPILED, CO, CLIP = "cofunc eager step", "cofunc compiled step", "co 1.2.4 step", "regular clip"
 COLORS = {EAGER: "#1f77b4", COMPILED: "#17456b", CO: "#ff7f0e", CLIP: "#9e9e9e"}
+# Inductor options of the compiled step (see the module docstring).
+COMPILE_OPTIONS = {"layout_optimization": False}
 CHECK_RTOL = 1e-4  # max |diff| relative to the largest |score| (float32, 50+ layers deep)
 
 
@@ -225,7 +230,7 @@ def build(key: str, seed: int, compile_step: bool) -> Setup:
         clip=torch.randn(1, 3, length, crop, crop, generator=g),
     )
     if compile_step:
-        s.compiled = cofunc.compile_step(net.layer)
+        s.compiled = cofunc.compile_step(net.layer, options=COMPILE_OPTIONS)
     return s
 
 
@@ -376,7 +381,9 @@ def report(args: argparse.Namespace, setups: Dict[str, Setup], results: Dict[str
     prediction_header = ["model", "clip (frames x pixels)", "MACs: clip / step", "latency: clip / eager step",
                          "latency: clip / compiled step", "latency: co step / eager step"]
     clock = "wall" if args.clock == "wall" else "process CPU"
-    compile_note = ("torch.compile first-call time (compilation; cached by inductor across runs): "
+    compile_note = (f"Compiled step: cofunc.compile_step(layer, options={COMPILE_OPTIONS}) (inductor's "
+                    "layout optimisation slows batch-1 steps). torch.compile first-call time (compilation; "
+                    "cached by inductor across runs): "
                     + ", ".join(f"{setups[k].spec.title} {setups[k].compile_seconds:.0f} s" for k in results) + "."
                     if args.compile else "The compiled step was not run (--no-compile).")
     notes = [
