@@ -311,6 +311,19 @@ class _MultiheadAttention(Layer):
         """Index in a chunk of the first step that emits, from a shared clock."""
         return max(0, self.sequence_len - 1 - clock)
 
+    def _advance(self, params, state: AttentionState, q_in, k_in, v_in, clock: int):
+        """Project a chunk ``(*B, T, C)`` and shift it into the registers: the registers with the
+        chunk appended (queries, keys, values), the first emitting chunk position, the number
+        of outputs and the next state."""
+        t = q_in.shape[-2]
+        q, k, v = self._chunk_project(params, q_in, k_in, v_in)
+        queries, next_queries = self._shift(state.queries, q)
+        keys, next_keys = self._shift(state.keys, k)
+        values, next_values = self._shift(state.values, v)
+        first = self._first(clock)
+        next_state = AttentionState(next_queries, next_keys, next_values, state.count + t)
+        return queries, keys, values, first, max(t - first, 0), next_state
+
     def _tokens(self, xs: Tensor) -> Tensor:
         return xs.transpose(-1, -2)
 
@@ -387,15 +400,8 @@ class SingleOutputMHA(_MultiheadAttention):
 
     def steps_tokens(self, params, state: AttentionState, q_in, k_in, v_in, clock: int):
         """A chunk of tokens ``(*B, T, C)``: the emitted outputs ``(*B, T', E)`` and the next state."""
-        t = q_in.shape[-2]
-        q, k, v = self._chunk_project(params, q_in, k_in, v_in)
-        keys, next_keys = self._shift(state.keys, k)
-        values, next_values = self._shift(state.values, v)
-        queries, next_queries = self._shift(state.queries, q)
         # The query of the window ending at chunk token i sits at index i of `queries`.
-        first = self._first(clock)
-        n_out = max(t - first, 0)
-        next_state = AttentionState(next_queries, next_keys, next_values, state.count + t)
+        queries, keys, values, first, n_out, next_state = self._advance(params, state, q_in, k_in, v_in, clock)
         if n_out == 0:
             return q_in.new_zeros(q_in.shape[:-2] + (0, self.embed_dim)), next_state
         length = n_out + self.sequence_len - 1
@@ -482,14 +488,7 @@ class RetroactiveMHA(_MultiheadAttention):
 
     def steps_tokens(self, params, state: AttentionState, q_in, k_in, v_in, clock: int):
         """A chunk of tokens ``(*B, T, C)``: the emitted outputs ``(*B, T', N, E)`` and the next state."""
-        t = q_in.shape[-2]
-        q, k, v = self._chunk_project(params, q_in, k_in, v_in)
-        queries, next_queries = self._shift(state.queries, q)
-        keys, next_keys = self._shift(state.keys, k)
-        values, next_values = self._shift(state.values, v)
-        first = self._first(clock)
-        n_out = max(t - first, 0)
-        next_state = AttentionState(next_queries, next_keys, next_values, state.count + t)
+        queries, keys, values, first, n_out, next_state = self._advance(params, state, q_in, k_in, v_in, clock)
         if n_out == 0:
             return q_in.new_zeros(q_in.shape[:-2] + (0, self.sequence_len, self.embed_dim)), next_state
         length = n_out + self.sequence_len - 1
