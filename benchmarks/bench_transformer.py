@@ -61,7 +61,7 @@ from _common import (  # noqa: E402
 )
 from cofunc._layer import unflatten_params  # noqa: E402
 from cofunc._transformer import transformer_encoder  # noqa: E402
-from cofunc.nn._transformer import TransformerEncoder as CnTransformerEncoder  # noqa: E402
+from cofunc.nn.transformer import TransformerEncoder as CnTransformerEncoder  # noqa: E402
 
 D, HEADS, FF, N = 512, 8, 2048, 64
 HEAD_DIM = D // HEADS

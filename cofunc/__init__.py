@@ -81,7 +81,7 @@ from ._transformer import (
 )
 from ._window import WindowLayer, WindowState
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = [
     "AdaptivePool",

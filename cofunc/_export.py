@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import TREE_NAMESPACE, Layer, Params
+from ._layer import TREE_NAMESPACE, Layer, Params, resolve_layer
 
 StepFn = Callable[[Params, Any, Tensor], Tuple[Tensor, Tensor, Any]]
 
@@ -101,6 +101,7 @@ def compile_step(layer: Layer, *, vmap: bool = False, in_dims=(None, 0, 0), **co
         >>> bool(valid.all())
         True
     """
+    layer, _, _ = resolve_layer("compile_step", layer, need_params=False)
     fn = step_fn(layer)
     if vmap:
         vmapped = torch.func.vmap(fn, in_dims=in_dims)
@@ -233,15 +234,17 @@ def _dynamic_shapes(n_leaves: int, dynamic_streams: bool):
     return ({0: streams}, tuple({0: streams} for _ in range(n_leaves)))
 
 
-def export_step(layer: Layer, params: Params, step_shape: Sequence[int], *,
+def export_step(layer: Layer, params: Params = None, step_shape: Sequence[int] = None, *,
                 dynamic_streams: bool = True) -> torch.export.ExportedProgram:
     """``torch.export`` of ``(x, *flat_state) -> (y, valid, *flat_next_state)`` (a `StepModule`).
 
     ``step_shape`` is ``(B, C, *S)``; with ``dynamic_streams`` (default) ``B`` is the dynamic
     dim ``"streams"`` (any positive number) on ``x`` and every state leaf, and the example
     inputs use 2 streams whatever ``B`` is (a size-1 example would specialise). Run it with
-    ``program.module()(x, *flat_state)``.
+    ``program.module()(x, *flat_state)``. ``export_step(net, step_shape)`` exports a ``cofunc.nn``
+    module with its own params.
     """
+    layer, params, step_shape = resolve_layer("export_step", layer, params, step_shape)
     module = StepModule(layer, params, step_shape).eval()
     streams = 2 if dynamic_streams else int(step_shape[0])
     x, leaves = _example_inputs(layer, params, step_shape, streams)
@@ -256,7 +259,8 @@ def onnx_names(n_state_leaves: int) -> Tuple[List[str], List[str]]:
     return inputs, outputs
 
 
-def export_onnx(layer: Layer, params: Params, step_shape: Sequence[int], path: Union[str, os.PathLike], *,
+def export_onnx(layer: Layer, params: Params = None, step_shape: Sequence[int] = None,
+                path: Union[str, os.PathLike, None] = None, *,
                 dynamic_streams: bool = True, opset_version: Optional[int] = None,
                 external_data: bool = False, optimize: bool = True):
     """Write the step to ``path`` as an ONNX model; returns torch's ``ONNXProgram``.
@@ -273,7 +277,14 @@ def export_onnx(layer: Layer, params: Params, step_shape: Sequence[int], path: U
         flat = [t.numpy() for t in flatten_state(layer.init_state(params, (B, C, *S)))]
         for frame in frames:
             y, valid, *flat = session.run(None, {"x": frame, **{f"s{i}": s for i, s in enumerate(flat)}})
+
+    ``export_onnx(net, step_shape, path)`` exports a ``cofunc.nn`` module with its own params.
     """
+    if not isinstance(layer, Layer) and path is None and step_shape is not None and not isinstance(params, dict):
+        params, step_shape, path = None, params, step_shape  # export_onnx(net, step_shape, path)
+    layer, params, step_shape = resolve_layer("export_onnx", layer, params, step_shape)
+    if path is None:
+        raise ConfigurationError("export_onnx: `path` (where to write the .onnx file) is required")
     module = StepModule(layer, params, step_shape).eval()
     streams = 2 if dynamic_streams else int(step_shape[0])
     x, leaves = _example_inputs(layer, params, step_shape, streams)

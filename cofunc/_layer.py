@@ -18,7 +18,7 @@ import optree
 import torch
 from torch import Tensor
 
-from ._errors import DTypeDeviceError, InputShapeError, StateError, StreamsOutOfStepError, layer_label
+from ._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError, StreamsOutOfStepError, layer_label
 
 Params = Mapping[str, Any]
 State = Any
@@ -493,3 +493,26 @@ def check_dtype_device(layer: Layer, x: Tensor, reference: Optional[Tensor], wha
         raise DTypeDeviceError(f"{layer.label}: the {what} has dtype {x.dtype}, but the params are {reference.dtype}")
     if x.device != reference.device:
         raise DTypeDeviceError(f"{layer.label}: the {what} lives on {x.device}, but the params on {reference.device}")
+
+
+def resolve_layer(caller: str, layer, params=None, step_shape=None, *, need_params: bool = True):
+    """``(layer, params, step_shape)`` from either ``(layer, params, step_shape)`` or an nn
+    adapter (any object with ``.layer`` and ``.params``, such as a ``cofunc.nn`` module) in
+    place of the layer, with ``params`` then optional: ``f(net, step_shape)`` means
+    ``f(net.layer, net.params, step_shape)``. A rank-agnostic layer takes the rank of
+    ``step_shape``'s single stream dim, as the adapters do."""
+    if isinstance(layer, Layer):
+        return layer, params, step_shape
+    if not (hasattr(layer, "layer") and hasattr(layer, "params")):
+        raise ConfigurationError(
+            f"{caller}: expected a cofunc Layer or a cofunc.nn module, got {type(layer).__name__}"
+        )
+    module = layer
+    if step_shape is None and params is not None and not isinstance(params, dict):
+        params, step_shape = None, params  # f(net, step_shape)
+    inner = module.layer
+    if inner.step_rank is None and step_shape is not None and not isinstance(step_shape, list):
+        inner = inner.with_rank(len(tuple(step_shape)) - 1)
+    if params is None and need_params:
+        params = module.params
+    return inner, params, step_shape

@@ -54,7 +54,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ._errors import ConfigurationError
-from ._layer import Layer, Params, tree_leaves
+from ._layer import Layer, Params, resolve_layer, tree_leaves
 
 StepShape = Union[Sequence[int], List[Sequence[int]]]
 
@@ -250,13 +250,14 @@ def _time_length(value, axis: int) -> int:
     return value.shape[axis]
 
 
-def profile(layer: Layer, params: Params, step_shape: StepShape, *, clip_length: Optional[int] = None,
+def profile(layer: Layer, params: Params = None, step_shape: StepShape = None, *, clip_length: Optional[int] = None,
             seed: int = 0) -> Profile:
     """Measure ``layer``'s costs for steps of shape ``step_shape`` = ``(*B, C, *S)``.
 
     Runs ``delay + stride`` eager steps from a fresh state and one clip ``forward`` on random
     normal inputs (seeded by ``seed``; the dtype and device of the params, float32 without
-    params). Multi-stream layers take a list of step shapes. Returns a `Profile`; the module
+    params). Multi-stream layers take a list of step shapes; ``profile(net, step_shape)`` profiles a
+    ``cofunc.nn`` module with its own params. Returns a `Profile`; the module
     docstring defines every number.
 
     Example:
@@ -268,8 +269,9 @@ def profile(layer: Layer, params: Params, step_shape: StepShape, *, clip_length:
         >>> p.clip_macs == p.macs_per_step * 3  # forward on 3 frames with padding 1: 3 outputs
         True
     """
-    if not isinstance(layer, Layer):
-        raise ConfigurationError(f"profile: expected a cofunc Layer, got {type(layer).__name__}")
+    layer, params, step_shape = resolve_layer("profile", layer, params, step_shape)
+    if step_shape is None:
+        raise ConfigurationError(f"profile: {layer.label} needs `step_shape`, the shape of one step (*B, C, *S)")
     length = layer.receptive_field if clip_length is None else int(clip_length)
     if length < 1:
         raise ConfigurationError(f"profile: clip_length must be positive, got {clip_length}")

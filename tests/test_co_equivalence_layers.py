@@ -194,7 +194,7 @@ def test_continual_of_adaptive_pools():
 def test_linear_equals_co():
     torch.manual_seed(0)
     theirs = co.Linear(3, 4, channel_dim=1).double()
-    ours = cn.Linear(3, 4).double()
+    ours = cn.Linear(3, 4, channel_dim=1).double()
     ours.load_state_dict(theirs.state_dict(), strict=True)
     xs = torch.randn(2, 3, 5, 2, dtype=F64)
     assert torch.equal(ours(xs), theirs(xs))

@@ -148,13 +148,17 @@ def test_linear_adapter():
     assert isinstance(module, cn.Linear) and isinstance(module, nn.Linear)
     assert list(module.state_dict()) == list(ref.state_dict())
     assert torch.equal(module.weight, ref.weight) and module.weight is not ref.weight
+    assert module.channel_dim == -1  # torch's (and co's) axis: the last
+    feats_last = torch.randn(2, 5, 4, dtype=F64)
+    assert torch.equal(module(feats_last), ref(feats_last))
+    module = cn.Linear.build_from(ref, channel_dim=1)
     xs = torch.randn(2, 4, 5, 3, dtype=F64)
     expected = ref(xs.movedim(1, -1)).movedim(-1, 1)
     assert torch.equal(module(xs), expected)
     assert torch.equal(module.forward_steps(xs, pad_end=True), expected)
     outs = module_steps(module, xs)
     assert torch.equal(torch.stack(outs, dim=2), expected)
-    assert_update_state_false_is_a_probe(cn.Linear(4, 3).double(), xs, 2)
+    assert_update_state_false_is_a_probe(cn.Linear(4, 3, channel_dim=1).double(), xs, 2)
     co_style = cn.Linear.build_from(ref, channel_dim=-1)
     feats = torch.randn(2, 3, 5, 4, dtype=F64)
     assert torch.equal(co_style(feats), ref(feats))
@@ -428,7 +432,8 @@ def test_continual_converts_linear_head_and_dropout1d():
     ).double()
     randomise_norms(ref).eval()
     net = cn.continual(ref)
-    assert isinstance(net[2], nn.Dropout1d) and isinstance(net[6], cn.Linear)
+    assert isinstance(net[2], nn.Dropout1d) and isinstance(net[6], cn.Linear) and net[6].channel_dim == -1
+    net[6] = cn.Linear.build_from(ref[6], channel_dim=1)
     xs = torch.randn(2, 3, 10, dtype=F64)
     # nn.Linear projects the last axis; the continual Linear projects channels, so compare
     # with torch's on channels moved last.

@@ -158,7 +158,7 @@ def test_ptflops_convention_by_hand():
         nn.ReLU(),
         cn.MaxPool3d((1, 2, 2), stride=(1, 2, 2)),  # out (1, 4, 5, 3, 3)
         cn.AvgPool3d((5, 3, 3), stride=1),  # out (1, 4, 1, 1, 1)
-        cn.Linear(4, 3),  # channel dim 1
+        cn.Linear(4, 3, channel_dim=1),
     ).eval()
     counts = ptflops_elementwise(net, (1, 2, 5, 6, 6))
     frame = 4 * 6 * 6  # one frame of the conv's output

@@ -19,7 +19,7 @@ from torch import nn
 import cofunc
 from cofunc._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError, UnsupportedModuleError
 from cofunc._rnn import LSTMState, Recurrent, RNNState, gru, lstm, rnn
-from cofunc.nn._rnn import GRU, LSTM, RNN
+from cofunc.nn.rnn import GRU, LSTM, RNN
 from conftest import FLOAT32_TOL, assert_tree_close, assert_tree_equal, split_points, tree_clone
 
 pytestmark = [

@@ -28,8 +28,8 @@ from cofunc._transformer import (
     transformer_encoder,
     window_encoder_layer,
 )
-from cofunc.nn._transformer import (
-    RecyclingPositionalEncoding,
+from cofunc.nn.positional_encoding import RecyclingPositionalEncoding
+from cofunc.nn.transformer import (
     RetroactiveTransformerEncoderLayer,
     SingleOutputTransformerEncoderLayer,
     TransformerEncoder,

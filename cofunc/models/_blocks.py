@@ -134,16 +134,37 @@ class _RankLift(Lift):
         return self.out
 
 
+# Module-level functions, not lambdas, so that models pickle (torch.save, deepcopy, workers).
+def _mean_hw(params, x):
+    return x.mean(dim=(-2, -1))
+
+
+def _mean_hw_keepdim(params, x):
+    return x.mean(dim=(-2, -1), keepdim=True)
+
+
+def _unsqueeze_hw(params, x):
+    return x[..., None, None]
+
+
+def _se_view(params):
+    return {"1": {"1": params.get("block", {})}}
+
+
+def _se_unview(params):
+    return {"block": params["1"]["1"]}
+
+
 def spatial_mean() -> Lift:
     """The mean over the two spatial axes: frames ``(*B, C, H, W) -> (*B, C)``, clips
     ``(*B, C, T, H, W) -> (*B, C, T)``. Ends the models: pytorchvideo's ``output_pool``
     averages the head's 1x1 map (a no-op there); here the time axis stays."""
-    return _RankLift(lambda params, x: x.mean(dim=(-2, -1)), "spatial_mean", pointwise=False, rank=3, out=1)
+    return _RankLift(_mean_hw, "spatial_mean", pointwise=False, rank=3, out=1)
 
 
 def spatial_unsqueeze() -> Lift:
     """Frames ``(*B, C) -> (*B, C, 1, 1)``, clips ``(*B, C, T) -> (*B, C, T, 1, 1)``."""
-    return _RankLift(lambda params, x: x[..., None, None], "spatial_unsqueeze", pointwise=False, rank=1, out=3)
+    return _RankLift(_unsqueeze_hw, "spatial_unsqueeze", pointwise=False, rank=1, out=3)
 
 
 class SpatialMean(cn.LayerModule):
@@ -214,7 +235,7 @@ class SqueezeExcitation(cn.ContinualModule):
         """``(*B, C, H, W) -> (*B, C, 1, 1)`` per step: the spatial mean, then (clip scope) the
         temporal mean over the centred window."""
         if self.scope == "frame" or self.window == 1:
-            return Lift(lambda params, x: x.mean(dim=(-2, -1), keepdim=True), "spatial_mean", True, 3)
+            return Lift(_mean_hw_keepdim, "spatial_mean", True, 3)
         w = self.window
         pad = w - 1 if self.temporal_padding == "keep" else 0
         # A 1d pool over (C, T): torch's avg_pool3d rejects clips shorter than the kernel even
@@ -236,7 +257,7 @@ class SqueezeExcitation(cn.ContinualModule):
         # and a string reduce requires equal shapes. The block's params sit under "1" twice:
         # broadcast_reduce branch "1", then seq(pool, block) child "1".
         inner = broadcast_reduce(self._align(), module, reduce=_gate, auto_delay=False)
-        return Remap(inner, lambda p: {"1": {"1": p.get("block", {})}}, lambda p: {"block": p["1"]["1"]}, "se", 3)
+        return Remap(inner, _se_view, _se_unview, "se", 3)
 
 
     def forward(self, x: Tensor) -> Tensor:

@@ -235,11 +235,11 @@ def oadtr(num_classes: int = 22, *, in_features: int = 3072, num_layers: int = 1
                       sequence_len=sequence_len, positional_encoding=positional_encoding, num_embeds=num_embeds,
                       activation=activation, norm_first=norm_first, attn_bias=attn_bias)
     return OadTR(OrderedDict(
-        linear_encoding=cn.Linear(in_features, embed_dim),
+        linear_encoding=cn.Linear(in_features, embed_dim, channel_dim=1),
         position_encoding=cn.RecyclingPositionalEncoding(embed_dim, num_embeds, learned=positional_encoding == "learned"),
         encoder=OadTREncoderModule(config, num_layers, sequence_len, attn_bias),
         pre_head_ln=LayerNorm(embed_dim, layer_norm_eps),
-        mlp_head=cn.Linear(embed_dim, num_classes),
+        mlp_head=cn.Linear(embed_dim, num_classes, channel_dim=1),
     ), net_config)
 
 

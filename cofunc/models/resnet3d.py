@@ -199,7 +199,7 @@ def _head(dim_in: int, num_classes: int, pool_kernel: Tuple[int, int, int], drop
     parts = OrderedDict(pool=cn.AvgPool3d(pool_kernel, stride=1))
     if dropout_rate > 0:
         parts["dropout"] = nn.Dropout(dropout_rate)
-    parts["proj"] = cn.Linear(dim_in, num_classes)
+    parts["proj"] = cn.Linear(dim_in, num_classes, channel_dim=1)
     act = head_activation_module(activation)
     if act is not None:
         parts["activation"] = act

@@ -124,10 +124,14 @@ class FrameLift(Lift):
         return self.out if self.out is not None else super().out_rank
 
 
+def _mean_joints(params, x):  # module level, not a lambda: models pickle
+    return x.mean(dim=-1)
+
+
 def spatial_mean() -> FrameLift:
     """The mean over the spatial axis: frames ``(*B, C, S) -> (*B, C)``, clips
     ``(*B, C, T, S) -> (*B, C, T)``."""
-    return FrameLift(lambda params, x: x.mean(dim=-1), "spatial_mean", pointwise=False, rank=2, out=1)
+    return FrameLift(_mean_joints, "spatial_mean", pointwise=False, rank=2, out=1)
 
 
 class SpatialMean(cn.LayerModule):
@@ -598,7 +602,7 @@ def _build(kind: str, num_classes: int, variant: str, clip_length: int, num_pers
         blocks[f"layer{i + 1}"] = SpatioTemporalBlock(gcn, c_in, c_out, stride=s, residual=i > 0,
                                                       kernel_size=temporal_kernel_size, temporal_padding=temporal_padding)
         c_in = c_out
-    fc = cn.Linear(c_in, num_classes)
+    fc = cn.Linear(c_in, num_classes, channel_dim=1)
     nn.init.normal_(fc.weight, 0.0, math.sqrt(2.0 / num_classes))
     config = dict(model=kind, num_classes=num_classes, variant=variant, clip_length=clip_length, num_persons=num_persons,
                   in_channels=in_channels, channels=channels, strides=strides, temporal_kernel_size=temporal_kernel_size,

@@ -202,7 +202,7 @@ def _head(dim_in, dim_inner, dim_out, num_classes, pool_kernel, dropout_rate, ac
     parts = OrderedDict(pool=pool)
     if dropout_rate > 0:
         parts["dropout"] = nn.Dropout(dropout_rate)
-    parts["proj"] = cn.Linear(dim_out, num_classes)
+    parts["proj"] = cn.Linear(dim_out, num_classes, channel_dim=1)
     act = head_activation_module(activation)
     if act is not None:
         parts["activation"] = act

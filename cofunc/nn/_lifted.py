@@ -13,7 +13,7 @@ from typing import Dict, Type
 from torch import nn
 
 from .._lift import lift_module
-from ._module import ContinualModule
+from .module import ContinualModule
 
 
 
@@ -32,6 +32,16 @@ class LiftedModule(ContinualModule):
             self.__dict__["_co_lifted"] = cached
         return cached[1]
 
+    def __reduce_ex__(self, protocol):
+        # The class is made at run time, so pickle cannot find it by name: rebuild it from the
+        # torch class it derives from (pickle, deepcopy and torch.save all go through here).
+        return (_new_lifted, (type(self)._torch_class,), self.__getstate__())
+
+
+def _new_lifted(torch_class: type) -> "LiftedModule":
+    cls = lifted_class(torch_class)
+    return cls.__new__(cls)
+
 
 
 
@@ -41,7 +51,8 @@ _CLASSES: Dict[type, Type[LiftedModule]] = {}
 def lifted_class(cls: type) -> Type[LiftedModule]:
     """The continual subclass of a torch.nn module class (made once per class)."""
     if cls not in _CLASSES:
-        _CLASSES[cls] = type(cls.__name__, (cls, LiftedModule), {"__module__": __name__, "__doc__": cls.__doc__})
+        _CLASSES[cls] = type(cls.__name__, (cls, LiftedModule),
+                             {"__module__": __name__, "__doc__": cls.__doc__, "_torch_class": cls})
     return _CLASSES[cls]
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 from .._delay import Delay as DelayLayer
 from .._errors import ConfigurationError
-from ._module import ContinualModule
+from .module import ContinualModule
 
 
 class Delay(ContinualModule):

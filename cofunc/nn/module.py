@@ -1,7 +1,12 @@
-"""The adapter base: an ``nn.Module`` that runs a cofunc `Layer` with co's call modes."""
+"""The adapter base: an ``nn.Module`` that runs a cofunc `Layer` with co's call modes.
+
+Also co's ``CoModule`` (an alias of `ContinualModule`), ``PaddingMode`` and ``call_mode``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from enum import Enum
 from typing import Any, Optional
 
 import optree
@@ -10,7 +15,18 @@ from torch import Tensor, nn
 
 from .._errors import ConfigurationError, InputShapeError, StateError, StreamsOutOfStepError
 from .._layer import Layer, first_tensor, module_params, shape_of, tree_map
-from ._call_mode import _stack, current_call_mode, normalise_call_mode
+from ._call_mode import _stack, call_mode, current_call_mode, normalise_call_mode
+from . import utils as _utils
+
+__all__ = ["CoModule", "ContinualModule", "PaddingMode", "call_mode"]
+
+
+class PaddingMode(Enum):
+    """co's names for the temporal fill of padded frames."""
+
+    REPLICATE = "replicate"
+    ZEROS = "zeros"
+    NEG_INF = "neg_inf"
 
 
 _STATISTICS_NORMS = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNorm)
@@ -95,25 +111,27 @@ class ContinualModule(nn.Module):
 
     # co's stride and padding are tuples whose first entry is time. The torch.nn classes that
     # own these attributes (convolutions, pools) set them in their __init__ and keep their values.
+    # They live in the instance __dict__ under their own names because torch's ``extra_repr``
+    # formats ``self.__dict__`` (the class property shadows the entry for attribute access).
     @property
     def stride(self) -> tuple:
-        if "_torch_stride" in self.__dict__:
-            return self.__dict__["_torch_stride"]
+        if "stride" in self.__dict__:
+            return self.__dict__["stride"]
         return (self.layer.stride,)
 
     @stride.setter
     def stride(self, value) -> None:
-        self.__dict__["_torch_stride"] = value
+        self.__dict__["stride"] = value
 
     @property
     def padding(self) -> tuple:
-        if "_torch_padding" in self.__dict__:
-            return self.__dict__["_torch_padding"]
+        if "padding" in self.__dict__:
+            return self.__dict__["padding"]
         return (self.layer.padding,)
 
     @padding.setter
     def padding(self, value) -> None:
-        self.__dict__["_torch_padding"] = value
+        self.__dict__["padding"] = value
 
     # --- call modes ---------------------------------------------------------------------------
     @property
@@ -127,11 +145,75 @@ class ContinualModule(nn.Module):
     def __call__(self, *args, **kwargs):
         mode = current_call_mode() or self._co_call_mode
         if mode == "forward_step":
-            return self.forward_step(*args, **kwargs)
+            return self._call_with_hooks(self.forward_step, args, kwargs)
         if mode == "forward_steps":
-            return self.forward_steps(*args, **kwargs)
+            return self._call_with_hooks(self.forward_steps, args, kwargs)
         with _forward_mode:
             return super().__call__(*args, **kwargs)
+
+    def _call_with_hooks(self, method, args, kwargs):
+        """``method(*args, **kwargs)`` with this module's forward pre-hooks and hooks around it,
+        as co runs them in every call mode (torch's own dispatch only wraps ``forward``)."""
+        if not (self._forward_pre_hooks or self._forward_hooks):
+            return method(*args, **kwargs)
+        for hook_id, hook in list(self._forward_pre_hooks.items()):
+            if hook_id in self._forward_pre_hooks_with_kwargs:
+                result = hook(self, args, kwargs)
+                if result is not None:
+                    args, kwargs = result
+            else:
+                result = hook(self, args)
+                if result is not None:
+                    args = result if isinstance(result, tuple) else (result,)
+        output = method(*args, **kwargs)
+        for hook_id, hook in list(self._forward_hooks.items()):
+            if hook_id in self._forward_hooks_with_kwargs:
+                result = hook(self, args, kwargs, output)
+            else:
+                result = hook(self, args, output)
+            if result is not None:
+                output = result
+        return output
+
+    def _hooked_layer(self) -> Layer:
+        """The layer a container steps for this child: ``self.layer``, wrapped so that this
+        module's forward hooks see each step when it has any (ptflops counts with hooks)."""
+        layer = self.layer
+        if not (self._forward_pre_hooks or self._forward_hooks):
+            return layer
+        key = (id(layer), tuple(self._forward_pre_hooks), tuple(self._forward_hooks))
+        cached = self.__dict__.get("_co_hooked")
+        if cached is None or cached[0] != key:
+            cached = (key, HookedLayer(layer, self))
+            self.__dict__["_co_hooked"] = cached
+        return cached[1]
+
+    # --- pickling, copies, state dicts -------------------------------------------------------
+    _REBUILT_ON_DEMAND = ("_co_params", "_co_norms", "_co_lifted", "_co_cached", "_co_hooked")
+
+    def __getstate__(self):
+        # Caches are rebuilt on demand (and may hold functions that do not pickle); the stream
+        # state is kept, so a pickled module continues its stream.
+        state = dict(self.__dict__)
+        for key in self._REBUILT_ON_DEMAND:
+            state.pop(key, None)
+        if type(self)._build_layer is not ContinualModule._build_layer:  # rebuilt from the options
+            state.pop("_co_layer", None)
+        return state
+
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False, flatten: bool = False):
+        """torch's ``state_dict``; ``flatten=True`` (or ``with cofunc.nn.utils.flat_state_dict``)
+        drops the numeric names of unnamed container children, as co's does."""
+        if args:  # torch's deprecated positional form (destination, prefix, keep_vars)
+            return nn.Module.state_dict(self, *args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        return _utils.state_dict(self, destination, prefix, keep_vars, flatten)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False, flatten: bool = False):
+        """torch's ``load_state_dict``; ``flatten=True`` accepts the keys of
+        ``state_dict(flatten=True)``."""
+        if assign:
+            return nn.Module.load_state_dict(self, state_dict, strict, assign)
+        return _utils.load_state_dict(self, state_dict, strict, flatten)
 
     # --- stepping -----------------------------------------------------------------------------
     def _fresh_state(self, layer: Layer, step_shape, like: Tensor):
@@ -225,6 +307,91 @@ class ContinualModule(nn.Module):
                             f"dtype {a.dtype}, got {tuple(b.shape)} and {b.dtype}"
                         )
         self._co_state = state
+
+
+CoModule = ContinualModule  # co's name for the base of its modules
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class HookedLayer(Layer):
+    """A child's layer inside a container, running the child module's forward pre-hooks and
+    hooks around each step (with the step's input and, when it emitted, its output) and around
+    each chunk of steps. The arithmetic is the inner layer's."""
+
+    inner: Layer
+    module: Any
+
+    @property
+    def label(self):
+        return self.inner.label
+
+    receptive_field = property(lambda self: self.inner.receptive_field)
+    padding = property(lambda self: self.inner.padding)
+    padding_end = property(lambda self: self.inner.padding_end)
+    stride = property(lambda self: self.inner.stride)
+    delay = property(lambda self: self.inner.delay)
+    step_rank = property(lambda self: self.inner.step_rank)
+    out_rank = property(lambda self: self.inner.out_rank)
+    keeps_rank = property(lambda self: self.inner.keeps_rank)
+    stateful = property(lambda self: self.inner.stateful)
+
+    def with_rank(self, rank):
+        inner = self.inner.with_rank(rank)
+        return self if inner is self.inner else HookedLayer(inner, self.module)
+
+    def init_params(self, **kwargs):
+        return self.inner.init_params(**kwargs)
+
+    def params_from(self, module):
+        return self.inner.params_from(module)
+
+    def init_state(self, params, input_shape, **kwargs):
+        return self.inner.init_state(params, input_shape, **kwargs)
+
+    def clock(self, state):
+        return self.inner.clock(state)
+
+    def valid(self, state):
+        return self.inner.valid(state)
+
+    def batch_shape(self, input_shape):
+        return self.inner.batch_shape(input_shape)
+
+    def step_output_shape(self, input_shape):
+        return self.inner.step_output_shape(input_shape)
+
+    def forward(self, params, xs):
+        return self.inner.forward(params, xs)
+
+    def _run(self, compute, x, chunk: bool):
+        module = self.module
+        args = (x,)
+        for hook in list(module._forward_pre_hooks.values()):
+            result = hook(module, args)
+            if result is not None:
+                args = result if isinstance(result, tuple) else (result,)
+        y, state = compute(args[0])
+        if self._emitted(y, state, chunk):
+            for hook in list(module._forward_hooks.values()):
+                result = hook(module, args, y)
+                if result is not None:
+                    y = result
+        return y, state
+
+    def _emitted(self, y, state, chunk: bool) -> bool:
+        leaf = first_tensor(y) if y is not None else None
+        if leaf is None or leaf.numel() == 0:
+            return False
+        return chunk or bool(self.inner.valid(state).all())
+
+    def step(self, params, state, x):
+        return self._run(lambda x: self.inner.step(params, state, x), x, False)
+
+    def steps(self, params, state, xs, pad_end=False):
+        return self._run(lambda xs: self.inner.steps(params, state, xs, pad_end), xs, True)
+
+    def _steps(self, params, state, xs, clock, pad_end):
+        return self._run(lambda xs: self.inner._steps(params, state, xs, clock, pad_end), xs, True)
 
 
 def _without_history(state):

@@ -7,7 +7,7 @@ from typing import Optional
 from torch import nn
 
 from .._conv import Conv
-from ._module import ContinualModule
+from .module import ContinualModule
 
 
 class _ConvNd(ContinualModule):

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .._errors import UnsupportedModuleError
 from .._rnn import LSTMState, Recurrent, RNNState, gru, lstm, rnn
-from ._module import ContinualModule
+from .module import ContinualModule
 
 
 class _Recurrent(ContinualModule):

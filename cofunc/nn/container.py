@@ -1,5 +1,5 @@
-"""Multi-stream container adapters: ``Broadcast``, ``Parallel``, ``ParallelDispatch``, ``Reduce``,
-``BroadcastReduce``, ``Residual`` and ``Conditional``."""
+"""co's containers: ``Sequential``, and the multi-stream ``Broadcast``, ``Parallel``,
+``ParallelDispatch``, ``Reduce``, ``BroadcastReduce``, ``Residual`` and ``Conditional``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ from typing import Callable, Optional, Sequence, Union
 from torch import nn
 
 from .. import _combinators as comb
+from .._seq import Seq
 from .._errors import ConfigurationError
-from ._closures import LayerModule
-from ._module import ContinualModule, _forward_mode
+from .closure import LayerModule
+from .convert import continual
+from .module import ContinualModule, _forward_mode
 
 
 def _children(args, converter):
@@ -21,8 +23,6 @@ def _children(args, converter):
 
 
 def _continual(module):
-    from ._convert import continual
-
     return continual(module)
 
 
@@ -35,11 +35,11 @@ class _Branches(ContinualModule):
             self.add_module(name, module)
 
     def _branch_layers(self):
-        return tuple((name, module.layer) for name, module in self._modules.items())
+        return tuple((name, module._hooked_layer()) for name, module in self._modules.items())
 
     @property
     def layer(self):
-        key = tuple(id(module.layer) for module in self._modules.values())
+        key = tuple(id(module._hooked_layer()) for module in self._modules.values())
         cached = self.__dict__.get("_co_cached")
         if cached is None or cached[0] != key:
             cached = (key, self._build_layer())
@@ -111,6 +111,10 @@ class ParallelDispatch(LayerModule):
 
     def __init__(self, dispatch_mapping: Sequence):
         super().__init__(comb.parallel_dispatch(dispatch_mapping))
+        self.dispatch_mapping = dispatch_mapping
+
+    def _build_layer(self):
+        return comb.parallel_dispatch(self.dispatch_mapping)
 
     def forward(self, input):
         return _as_lists(self.layer.forward({}, tuple(input)))
@@ -133,6 +137,10 @@ class Reduce(LayerModule):
 
     def __init__(self, reduce: Union[str, Callable] = "sum"):
         super().__init__(comb.reduce(reduce))
+        self.reduce = reduce
+
+    def _build_layer(self):
+        return comb.reduce(self.reduce)
 
     def forward(self, input):
         return self.layer.forward({}, tuple(input))
@@ -196,7 +204,7 @@ class Residual(BroadcastReduce):
 
     def _build_layer(self):
         reduce, shrink = self._residual_options
-        return comb.residual(self._modules["1"].layer, reduce, shrink)
+        return comb.residual(self._modules["1"]._hooked_layer(), reduce, shrink)
 
     def __getitem__(self, index):
         return list(self._modules.values())[index]
@@ -233,3 +241,67 @@ class Conditional(_Branches):
             if self.predicate(self, input):
                 return self._modules["0"](input)
             return self._modules["1"](input) if "1" in self._modules else input
+
+
+class Sequential(ContinualModule, nn.Sequential):
+    """``torch.nn.Sequential`` whose children step through time together.
+
+    torch.nn children are converted with `continual` as they are added, so the ``state_dict``
+    of the equivalent ``torch.nn.Sequential`` loads unchanged. ``forward`` is the torch clip
+    computation (training-mode dropout and batch norm included); the step modes run
+    `cofunc.seq` over the children's layers.
+
+    Example:
+        >>> import torch, cofunc.nn as cn
+        >>> net = cn.Sequential(cn.Conv1d(1, 4, 3, padding=2, stride=2), torch.nn.ReLU(), cn.Conv1d(4, 1, 3))
+        >>> net.receptive_field, net.padding, net.delay, net.stride
+        (7, (2,), 4, (2,))
+    """
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], OrderedDict):
+            args = (OrderedDict((k, continual(m)) for k, m in args[0].items()),)
+        else:
+            args = tuple(continual(m) for m in args)
+        super().__init__(*args)
+        self._infer_broadcasts()
+
+    def _infer_broadcasts(self):
+        """A ``Broadcast()`` followed by a ``Parallel`` copies its input once per branch (co)."""
+        modules = list(self._modules.values())
+        for module, following in zip(modules, modules[1:]):
+            if isinstance(module, Broadcast) and module.num_streams is None and isinstance(following, Parallel):
+                module.num_streams = len(following._modules)
+
+    def __setattr__(self, name, value):
+        if isinstance(value, nn.Module) and not isinstance(value, ContinualModule) and name in getattr(self, "_modules", {}):
+                value = continual(value)
+        super().__setattr__(name, value)
+
+    def append(self, module: nn.Module) -> "Sequential":
+        out = super().append(continual(module))
+        self._infer_broadcasts()
+        return out
+
+    @property
+    def layer(self) -> Seq:
+        children = tuple((name, m._hooked_layer()) for name, m in self._modules.items())
+        cached = self.__dict__.get("_co_cached")
+        if cached is None or cached[0] != tuple(id(layer) for _, layer in children):
+            cached = (tuple(id(layer) for _, layer in children), Seq(children))
+            self.__dict__["_co_cached"] = cached
+        return cached[1]
+
+
+    def clean_state(self):
+        super().clean_state()
+        for m in self._modules.values():
+            m.clean_state()
+
+    def forward(self, input):
+        with _forward_mode:
+            for module in self._modules.values():
+                input = module(input)
+                if isinstance(module, nn.RNNBase):  # pass on the output, not the hidden state (co)
+                    input = input[0]
+            return input

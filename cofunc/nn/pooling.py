@@ -8,7 +8,7 @@ from torch import nn
 
 from .._errors import ConfigurationError
 from .._pool import AdaptivePool, Pool
-from ._module import ContinualModule
+from .module import ContinualModule
 
 
 class _PoolAdapter(ContinualModule):

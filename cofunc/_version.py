@@ -1,0 +1,3 @@
+"""The package version, in one place (the build reads pyproject.toml's copy)."""
+
+__version__ = "0.1.0"

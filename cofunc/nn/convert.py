@@ -1,0 +1,112 @@
+"""``continual(module)``: convert torch.nn modules to cofunc's continual modules.
+
+This module holds the converter registry; `cofunc.nn._converters` registers the built-in
+converters (torch.nn's layers and containers) when `cofunc.nn` is imported.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import types
+from typing import Callable, Dict, Optional, Type
+
+from torch import nn
+
+from .._errors import UnsupportedModuleError
+from .closure import Lambda
+from .module import ContinualModule
+
+Converter = Callable[[nn.Module], ContinualModule]
+
+_CONVERTERS: Dict[Type[nn.Module], Converter] = {}
+_WINDOW: contextvars.ContextVar = contextvars.ContextVar("cofunc_temporal_window", default=None)
+
+
+def _is_function(obj) -> bool:
+    return isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)) or (
+        callable(obj) and not isinstance(obj, nn.Module) and not isinstance(obj, type)
+    )
+
+
+def register(torch_class: Type[nn.Module], converter: Converter) -> None:
+    """Teach `continual` a torch.nn module type.
+
+    ``converter(module)`` returns a `ContinualModule` equivalent to ``module`` (for a
+    temporally-local module, ``cofunc.nn.lift_nn_module`` is enough).
+
+    Example:
+        >>> import torch, cofunc.nn as cn
+        >>> class Square(torch.nn.Module):
+        ...     def forward(self, x):
+        ...         return x * x
+        >>> cn.register(Square, cn.lift_nn_module)
+        >>> cn.continual(Square()).forward_step(torch.full((1, 2), 3.0))
+        tensor([[9., 9.]])
+    """
+    if not (isinstance(torch_class, type) and issubclass(torch_class, nn.Module)):
+        raise UnsupportedModuleError(f"register: expected a torch.nn.Module subclass, got {torch_class!r}")
+    _CONVERTERS[torch_class] = converter
+
+
+def continual(module: nn.Module, *, temporal_window: Optional[int] = None) -> ContinualModule:
+    """The continual equivalent of a torch.nn module, with a copy of its weights.
+
+    Continual modules are returned unchanged; ``nn.Sequential`` is converted recursively.
+    Unknown types raise `UnsupportedModuleError` (register them with `register`).
+    ``temporal_window`` is the number of frames adaptive pools average over in time, and the
+    number of tokens attention and transformer modules attend over (a stream has no clip length
+    to adapt to); it is required when the module holds one of these.
+
+    Example:
+        >>> import torch, cofunc.nn as cn
+        >>> net = cn.continual(torch.nn.Sequential(torch.nn.Conv3d(3, 4, 3), torch.nn.ReLU()))
+        >>> type(net).__name__, net.delay
+        ('Sequential', 2)
+    """
+    if isinstance(module, ContinualModule):
+        return module
+    if not callable(module) or not isinstance(module, nn.Module) and not _is_function(module):
+        raise UnsupportedModuleError(f"continual: expected a torch.nn.Module or a function, got {type(module).__name__}")
+    if _is_function(module):
+        return Lambda(module)
+    token = _WINDOW.set(temporal_window if temporal_window is not None else _WINDOW.get())
+    try:
+        for cls in type(module).__mro__:
+            converter = _CONVERTERS.get(cls)
+            if converter is not None:
+                return converter(module)
+    finally:
+        _WINDOW.reset(token)
+    raise UnsupportedModuleError(
+        f"continual: no converter for {type(module).__module__}.{type(module).__qualname__}. If it is "
+        f"temporally local (treats each frame on its own), register it with "
+        f"`cofunc.nn.register({type(module).__name__}, cofunc.nn.lift_nn_module)`; otherwise write a "
+        f"converter that returns a cofunc.nn module"
+    )
+
+
+
+
+def temporal_window() -> Optional[int]:
+    """The ``temporal_window`` of the enclosing `continual` call (for converters), or None."""
+    return _WINDOW.get()
+
+
+def forward_stepping(module: nn.Module, dim: int = 2):
+    """co's ``forward_stepping``: a continual module whose ``forward_step`` runs ``module`` on
+    one frame (the time axis ``dim`` added to the input and removed from the output), for a
+    module that treats every frame on its own.
+
+    Example:
+        >>> import torch, cofunc.nn as cn
+        >>> relu = cn.forward_stepping(torch.nn.ReLU())
+        >>> relu.forward_step(torch.tensor([[-1.0, 2.0]]))
+        tensor([[0., 2.]])
+    """
+    if isinstance(module, ContinualModule):
+        return module
+    if dim != 2:
+        raise UnsupportedModuleError(f"forward_stepping: cofunc's time axis is 2 (co's default), got dim={dim}")
+    from ._lifted import lift_nn_module
+
+    return lift_nn_module(module)
