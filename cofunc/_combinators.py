@@ -455,7 +455,9 @@ def residual(module: Layer, reduce: Union[str, Callable] = "sum", residual_shrin
     A module padded equally on both sides needs only a delay on the residual. An unpadded (or
     unequally padded) module changes the clip length, so the residual is shrunk:
     ``"centered"`` (or ``True``) pairs each output with the centre frame of its window,
-    ``"lagging"`` with the oldest and ``"leading"`` with the newest frame.
+    ``"lagging"`` with the oldest and ``"leading"`` with the newest frame. Without
+    ``residual_shrink`` such a module gets ``"lagging"``: the residual delayed by the module's
+    delay, which is what co's steps compute (co's squeeze-and-excitation example).
 
     Example:
         >>> import cofunc
@@ -469,11 +471,7 @@ def residual(module: Layer, reduce: Union[str, Callable] = "sum", residual_shrin
     if equal:
         branch = Delay(module.delay, module.step_rank)
     elif residual_shrink is False or residual_shrink is None:
-        raise ConfigurationError(
-            f"residual({module.label}): the module is not padded equally (receptive field "
-            f"{module.receptive_field}, padding {module.padding}/{module.padding_end}), so the residual "
-            f"must be shrunk: pass residual_shrink='centered', 'lagging' or 'leading'"
-        )
+        branch = _shrink(module, "lagging")
     else:
         branch = _shrink(module, residual_shrink)
     inner = Parallel((("0", branch), ("1", module)), auto_delay=False)

@@ -11,11 +11,13 @@ class CofuncError(Exception):
     """Base class of every cofunc error."""
 
 
-class ConfigurationError(CofuncError, ValueError):
+# co checks configurations and inputs with ``assert``: these also derive from AssertionError so
+# that co users' ``except AssertionError`` clauses keep working after the switch.
+class ConfigurationError(CofuncError, ValueError, AssertionError):
     """A layer was constructed with options it cannot honour (raised at construction)."""
 
 
-class InputShapeError(CofuncError, ValueError):
+class InputShapeError(CofuncError, ValueError, AssertionError):
     """A step or clip input has the wrong rank, channel count or spatial size."""
 
 

@@ -155,7 +155,8 @@ class AdaptivePool(WindowLayer):
     """co's adaptive pools: a sliding temporal window of ``kernel_size`` frames, adaptive in space.
 
     ``forward`` pools every window of the clip (stride ``stride``), so it equals
-    ``torch.nn.AdaptiveXPoolNd((1, *output_size[1:]))`` when the clip length equals the window.
+    ``torch.nn.AdaptiveXPoolNd((1, *output_size[1:]))`` when the clip length equals the window;
+    a clip shorter than the window is pooled whole, as torch's adaptive pool does.
     """
 
     kind: str
@@ -223,9 +224,9 @@ class AdaptivePool(WindowLayer):
         spatial = tuple(s if o is None else o for s, o in zip(input_shape[len(batch) + 1:], self.output_size[1:]))
         return batch + (input_shape[len(batch)],) + spatial
 
-    def window_op(self, params, window, time_stride):
+    def window_op(self, params, window, time_stride, whole: bool = False):
         def run(x):  # x: (N, C, L, *S) -> (N, C, n, *S'): every window pooled on its own
-            windows = x.unfold(2, self.receptive_field, time_stride)  # (N, C, n, *S, rf)
+            windows = x.unfold(2, x.shape[2] if whole else self.receptive_field, time_stride)  # (N, C, n, *S, rf)
             if self.dilation > 1:
                 windows = windows[..., :: self.dilation]
             n_windows = windows.shape[2]
@@ -247,6 +248,11 @@ class AdaptivePool(WindowLayer):
             shape[time_axis] = p
             pad = xs.new_full(shape, float("-inf") if self.kind == "max" else 0.0)
             xs = torch.cat([pad, xs, pad], dim=time_axis)
+        time_axis = xs.dim() - self.dims
+        if 0 < xs.shape[time_axis] < self.receptive_field:
+            # A clip shorter than the window: pool all of it, as torch's adaptive pool (and co's
+            # forward) does; a stream emits its first output only once a whole window has come.
+            return self.window_op(params, xs, self.pool_stride, whole=True)
         return self.window_op(params, xs, self.pool_stride)
 
 

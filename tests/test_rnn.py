@@ -489,17 +489,20 @@ def test_nn_set_state_forms():
     h, c = torch.randn(2, 5, 4), torch.randn(2, 5, 4)
     for form in (h, (h,), [h]):
         gru_m.set_state(form)
-        assert torch.equal(gru_m.get_state().h, h.transpose(0, 1))
-        assert torch.equal(gru_m.get_hx(), h)
+        assert torch.equal(gru_m.stream_state.h, h.transpose(0, 1))
+        assert torch.equal(gru_m.get_hx(), h) and torch.equal(gru_m.get_state()[0], h)  # co's (h,)
     gru_m.set_state(gru_m.get_state())
     assert torch.equal(gru_m.get_hx(), h)
+    gru_m.set_state(gru_m.stream_state)
+    assert torch.equal(gru_m.get_hx(), h)
     lstm_m.set_state((h, c))
-    assert torch.equal(lstm_m.get_state().c, c.transpose(0, 1))
+    assert torch.equal(lstm_m.stream_state.c, c.transpose(0, 1))
+    assert all(torch.equal(a, b) for a, b in zip(lstm_m.get_state(), (h, c)))  # co's (h, c)
     assert all(torch.equal(a, b) for a, b in zip(lstm_m.get_hx(), (h, c)))
     with pytest.raises(StateError, match=r"gru\(3->4"):
         gru_m.set_state(torch.randn(2, 5, 3))
     with pytest.raises(StateError, match=r"gru\(3->4"):
-        gru_m.set_state(lstm_m.get_state())
+        gru_m.set_state(lstm_m.stream_state)
     with pytest.raises(StateError, match=r"lstm\(3->4"):
         lstm_m.set_state(h)
     with pytest.raises(StateError, match=r"lstm\(3->4.*another layer"):

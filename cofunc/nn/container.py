@@ -10,9 +10,13 @@ from torch import nn
 
 from .. import _combinators as comb
 from .._seq import Seq
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, InputShapeError
 from .closure import LayerModule
+from .._delay import Delay as DelayLayer
 from .convert import continual
+from .delay import Delay
+from .skip import Skip
+from .utils import function_repr
 from .module import ContinualModule, _forward_mode
 
 
@@ -52,6 +56,14 @@ class _Branches(ContinualModule):
         for module in self._modules.values():
             module.clean_state()
 
+    def __getitem__(self, index):
+        if isinstance(index, str):
+            return self._modules[index]
+        return list(self._modules.values())[index]
+
+    def __len__(self):
+        return len(self._modules)
+
 
 class Broadcast(LayerModule):
     """``x -> [x] * num_streams``; inside a `Sequential` the count may come from the next `Parallel`."""
@@ -69,11 +81,15 @@ class Broadcast(LayerModule):
     def forward(self, input):
         return [input] * self.num_streams if self.num_streams else [input]
 
+    # Copying needs no state and no tensor: any value (co broadcasts ints and lists too).
     def forward_step(self, input, update_state=True):
-        return list(super().forward_step(input, update_state))
+        return self.forward(input)
 
     def forward_steps(self, input, pad_end=False, update_state=True):
-        return list(super().forward_steps(input, pad_end, update_state))
+        return self.forward(input)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_streams}" if self.num_streams else ""
 
 
 class Parallel(_Branches):
@@ -117,13 +133,29 @@ class ParallelDispatch(LayerModule):
         return comb.parallel_dispatch(self.dispatch_mapping)
 
     def forward(self, input):
-        return _as_lists(self.layer.forward({}, tuple(input)))
+        return _dispatch(self.dispatch_mapping, input)
 
+    # Routing needs no state and no tensor: any values (co dispatches ints and lists too).
     def forward_step(self, input, update_state=True):
-        return _as_lists(super().forward_step(tuple(input), update_state))
+        return _dispatch(self.dispatch_mapping, input)
 
     def forward_steps(self, input, pad_end=False, update_state=True):
-        return _as_lists(super().forward_steps(tuple(input), pad_end, update_state))
+        return _dispatch(self.dispatch_mapping, input)
+
+    def extra_repr(self) -> str:
+        return f"{self.dispatch_mapping}"
+
+
+def _dispatch(mapping, inputs):
+    if len(inputs) <= _max_index(mapping):
+        raise InputShapeError(
+            f"ParallelDispatch({mapping}): expected at least {_max_index(mapping) + 1} input streams, got {len(inputs)}"
+        )
+    return [_dispatch(m, inputs) if isinstance(m, (list, tuple)) else inputs[m] for m in mapping]
+
+
+def _max_index(mapping) -> int:
+    return max((_max_index(m) if isinstance(m, (list, tuple)) else m for m in mapping), default=-1)
 
 
 def _as_lists(value):
@@ -172,6 +204,9 @@ class BroadcastReduce(_Branches):
     def _build_layer(self):
         return comb.broadcast_reduce(OrderedDict(self._branch_layers()), reduce=self.reduce, auto_delay=self.auto_delay)
 
+    def extra_repr(self) -> str:
+        return f"reduce={function_repr(self.reduce) if callable(self.reduce) else self.reduce}"
+
     def forward(self, input):
         with _forward_mode:
             outs = tuple(module(input) for module in self._modules.values())
@@ -198,7 +233,7 @@ class Residual(BroadcastReduce):
         module = _continual(module)
         self._residual_options = (reduce, residual_shrink)
         layer = comb.residual(module.layer, reduce, residual_shrink)  # validates before building modules
-        residual_branch = LayerModule(layer.inner.branches[0][1])
+        residual_branch = _aligned_branch(layer.inner.branches[0][1])
         super().__init__(residual_branch, module, reduce=reduce, auto_delay=False)
         self.residual_shrink = residual_shrink
 
@@ -213,6 +248,16 @@ class Residual(BroadcastReduce):
         with _forward_mode:
             outs = (self._modules["0"](input), self._modules["1"](input))
         return self.layer.reducer.forward({}, outs)
+
+
+def _aligned_branch(layer):
+    """The module for a residual's aligned branch: co's ``Delay`` or ``Skip`` where it is one."""
+    if isinstance(layer, DelayLayer):
+        if layer.n == 0 and layer.end == 0:
+            return Skip(layer.window - 1)
+        if layer.window == 2 * layer.n + 1 or layer.window == layer.n + 1:
+            return Delay._from_layer(layer)
+    return LayerModule(layer)
 
 
 class Conditional(_Branches):
@@ -231,6 +276,9 @@ class Conditional(_Branches):
         modules = (on_true,) if on_false is None else (on_true, on_false)
         super().__init__(*modules)
         self.predicate = predicate
+
+    def extra_repr(self) -> str:
+        return f"predicate={function_repr(self.predicate)}"
 
     def _build_layer(self):
         layers = list(self._modules.values())
@@ -265,6 +313,12 @@ class Sequential(ContinualModule, nn.Sequential):
             args = tuple(continual(m) for m in args)
         super().__init__(*args)
         self._infer_broadcasts()
+
+    @staticmethod
+    def build_from(module: nn.Sequential) -> "Sequential":
+        """The continual equivalent of a ``torch.nn.Sequential`` (children converted with
+        `continual`, a copy of their weights)."""
+        return continual(module) if isinstance(module, nn.Sequential) and not isinstance(module, Sequential) else Sequential(module)
 
     def _infer_broadcasts(self):
         """A ``Broadcast()`` followed by a ``Parallel`` copies its input once per branch (co)."""
@@ -305,3 +359,24 @@ class Sequential(ContinualModule, nn.Sequential):
                 if isinstance(module, nn.RNNBase):  # pass on the output, not the hidden state (co)
                     input = input[0]
             return input
+
+
+# co's reduce functions (``cofunc.nn.container.reduce_sum`` ...), over a list of tensors.
+def reduce_sum(inputs):
+    """The elementwise sum of a list of tensors."""
+    return comb.reduce("sum").forward({}, tuple(inputs))
+
+
+def reduce_concat(inputs):
+    """The concatenation of a list of tensors on the channel axis (dim 1)."""
+    return comb.reduce("concat").forward({}, tuple(inputs))
+
+
+def reduce_mul(inputs):
+    """The elementwise product of a list of tensors."""
+    return comb.reduce("mul").forward({}, tuple(inputs))
+
+
+def reduce_max(inputs):
+    """The elementwise maximum of a list of tensors."""
+    return comb.reduce("max").forward({}, tuple(inputs))

@@ -120,8 +120,14 @@ class _AdaptivePoolAdapter(ContinualModule):
         return f"output_size={self.output_size}, kernel_size={self.kernel_size}"
 
     @classmethod
-    def build_from(cls, module: nn.Module, temporal_window: Optional[int] = None, **kwargs):
-        return cls(module.output_size, temporal_window, **kwargs)
+    def build_from(cls, module: nn.Module, kernel_size: Optional[int] = None, stride: int = 1, padding: int = 0,
+                   dilation: int = 1, temporal_fill: Optional[str] = None, temporal_window: Optional[int] = None):
+        """A continual copy of a torch.nn adaptive pool pooling windows of ``kernel_size``
+        frames (co's name; ``temporal_window`` is accepted as `continual` calls it)."""
+        if kernel_size is not None and temporal_window is not None and kernel_size != temporal_window:
+            raise ConfigurationError(f"{cls.__name__}.build_from: kernel_size={kernel_size} and temporal_window={temporal_window} disagree")
+        return cls(module.output_size, kernel_size if kernel_size is not None else temporal_window, stride, padding,
+                   dilation, temporal_fill)
 
 
 def _adaptive_class(kind: str, dims: int):

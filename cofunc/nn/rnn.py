@@ -81,6 +81,20 @@ class _Recurrent(ContinualModule):
             layer.check_state(state)
         self._co_state = state
 
+    def get_state(self):
+        """The stream state in co's layout: ``(h,)`` for RNN and GRU, ``(h, c)`` for LSTM, each
+        ``(num_layers, B, H_out)`` as torch's ``hx``; ``None`` before the first step. The
+        functional state is ``module.stream_state``."""
+        hx = self.get_hx()
+        if hx is None:
+            return None
+        return tuple(hx) if isinstance(hx, tuple) else (hx,)
+
+    @property
+    def stream_state(self):
+        """The functional state of the stream (`cofunc.RNNState` / `cofunc.LSTMState`), or None."""
+        return self._co_state
+
     def get_hx(self):
         """The stream state in torch's layout (what ``forward`` takes as ``hx``): ``h
         (num_layers, B, H_out)``, or ``(h, c)`` for the LSTM; ``None`` before the first step."""
