@@ -372,7 +372,6 @@ def test_residual_lagging_of_a_padded_module():
 
 
 @pytest.mark.parametrize("build, match", [
-    (lambda: cofunc.residual(cofunc.conv1d(2, 2, 3)), "residual_shrink"),
     (lambda: cofunc.residual(cofunc.conv1d(2, 2, 3, stride=2, padding=1)), "stride"),
     (lambda: cofunc.residual(cofunc.conv1d(2, 2, 2), residual_shrink="centered"), "odd"),
     (lambda: cofunc.residual(cofunc.conv1d(2, 2, 5, padding=1), residual_shrink="leading"), "not seen"),
@@ -381,6 +380,22 @@ def test_residual_lagging_of_a_padded_module():
 def test_residual_configuration_errors(build, match):
     with pytest.raises(cofunc.ConfigurationError, match=match):
         build()
+
+
+def test_residual_without_shrink_lags_like_co():
+    """An unpadded module without ``residual_shrink`` pairs each output with the oldest frame of
+    its window (the residual delayed by the module's delay), as co's steps do; co's README
+    squeeze-and-excitation block relies on it."""
+    torch.manual_seed(0)
+    module = cn.Residual(cn.Conv1d(2, 2, 3)).double()
+    lagging = cn.Residual(cn.Conv1d(2, 2, 3), residual_shrink="lagging").double()
+    lagging.load_state_dict(module.state_dict())
+    xs = clip(1, 2, 7)
+    expected = module[1](xs) + xs[:, :, :-2]
+    assert torch.equal(module(xs), expected) and torch.equal(lagging(xs), expected)
+    steps = torch.stack([y for t in range(7) if (y := module.forward_step(xs[:, :, t])) is not None], dim=2)
+    torch.testing.assert_close(steps, expected)
+    assert "Delay(2, auto_shrink=True)" in repr(module)
 
 
 def test_residual_adapter():
@@ -400,7 +415,7 @@ def test_residual_adapter():
         assert len(outs) - len(emitted) == module.delay
         torch.testing.assert_close(torch.stack(emitted, dim=2), expected[:, :, : len(emitted)])
     with pytest.raises(cofunc.ConfigurationError):
-        cn.Residual(nn.Conv1d(2, 2, 3))
+        cn.Residual(nn.Conv1d(2, 2, 3), residual_shrink="sideways")
 
 
 # --- conditional -------------------------------------------------------------------------------------

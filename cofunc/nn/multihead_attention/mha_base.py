@@ -32,6 +32,20 @@ from ..._errors import ConfigurationError
 from ..module import ContinualModule
 
 
+class _torch_layout:
+    """``batch_first=True`` while torch's forward runs on batch-first tensors."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __enter__(self):
+        self.saved = self.module.batch_first
+        self.module.batch_first = True
+
+    def __exit__(self, *exc):
+        self.module.batch_first = self.saved
+
+
 class _ContinualMultiheadAttention(ContinualModule, nn.MultiheadAttention):
     def __init__(self, embed_dim, num_heads, dropout=0.0, bias=True, add_bias_kv=False, add_zero_attn=False, kdim=None,
                  vdim=None, batch_first=False, device=None, dtype=None, sequence_len=None, forward_returns_attn_mask=True,
@@ -78,11 +92,74 @@ class _ContinualMultiheadAttention(ContinualModule, nn.MultiheadAttention):
     def forward(self, query: Tensor, key: Optional[Tensor] = None, value: Optional[Tensor] = None,
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = True, attn_mask: Optional[Tensor] = None,
                 average_attn_weights: bool = True, is_causal: bool = False):
-        """The output of every window of ``sequence_len`` tokens of the clip (see the module notes)."""
+        """A clip of exactly ``sequence_len`` tokens: torch's attention, as co computes it (the
+        single-output module attends from its ``query_index`` token; weights returned). A
+        longer clip: the output of every window of ``sequence_len`` tokens (what the steps
+        emit; no weights). See the module notes for the layouts."""
         if key_padding_mask is not None or attn_mask is not None or is_causal:
             raise ConfigurationError(f"{type(self).__name__}: masks are not supported in continual attention")
-        y = self._from_native(self.layer.forward(self.params, self._input(query, key, value, True)))
-        return (y, None) if self.forward_returns_attn_mask else y
+        native = self._input(query, key, value, True)
+        first = native[0] if isinstance(native, tuple) else native
+        if first.dim() >= 2 and first.shape[-1] == self.sequence_len:
+            y, weights = self._torch_forward(native, need_weights, average_attn_weights)
+        else:
+            y, weights = self.layer.forward(self.params, native), None
+        y = self._from_native(y)
+        return (y, weights) if self.forward_returns_attn_mask else y
+
+    def _torch_forward(self, native, need_weights: bool, average_attn_weights: bool):
+        """torch's computation on one window in the native layout ``(B, E, N)``: the queries
+        this module answers (all of them; the single-output module picks one)."""
+        query, key, value = native if isinstance(native, tuple) else (native, native, native)
+        query = self._queries(query.transpose(1, 2))  # (B, L, E)
+        with _torch_layout(self):
+            y, weights = nn.MultiheadAttention.forward(
+                self, query, key.transpose(1, 2), value.transpose(1, 2), need_weights=need_weights,
+                average_attn_weights=average_attn_weights,
+            )
+        return self._native_output(y), weights
+
+    def flops(self, include_muls: bool = True, include_adds: bool = False, include_exps: bool = False) -> int:
+        """Multiply-accumulates of one call in the current call mode for one stream (co's
+        method; ptflops counts the attention modules with it): a step in the step modes, one
+        window of ``sequence_len`` tokens in ``forward``. Counted by running the computation
+        on zeros of the call's shapes (`cofunc.count_macs`), so the figure is what cofunc
+        computes. ``include_adds`` adds one addition per multiply-accumulate, ``include_exps``
+        one exponential per attention weight (``num_heads * sequence_len`` per query)."""
+        if not include_muls:
+            raise ConfigurationError(f"{type(self).__name__}.flops: the count is built on the multiplications (include_muls=True)")
+        import torch
+
+        from ..._profile import count_macs
+
+        layer, params = self.layer, self.params
+        reference = self.out_proj.weight
+        e_k = self.kdim if self.kdim is not None else self.embed_dim
+        shapes = [(1, self.embed_dim), (1, e_k), (1, self.vdim if self.vdim is not None else self.embed_dim)]
+        cross = not self._qkv_same_embed_dim
+        with torch.no_grad():
+            if self.call_mode == "forward":
+                clip = [torch.zeros(s + (self.sequence_len,), dtype=reference.dtype) for s in shapes]
+                macs, _ = count_macs(layer.forward, params, tuple(clip) if cross else clip[0])
+            else:
+                step = [torch.zeros(s, dtype=reference.dtype) for s in shapes]
+                value = tuple(step) if cross else step[0]
+                state = layer.init_state(params, [s for s in shapes] if cross else shapes[0], dtype=reference.dtype)
+                macs, _ = count_macs(layer.step, params, state, value)
+        queries = self._queries_per_window() if self.call_mode == "forward" or not self._retroactive else self.sequence_len
+        return int(macs) * (2 if include_adds else 1) + (self.num_heads * self.sequence_len * queries if include_exps else 0)
+
+    _retroactive = False
+
+    def _queries_per_window(self) -> int:
+        return self.sequence_len if self._retroactive else 1
+
+    def _queries(self, query: Tensor) -> Tensor:
+        return query
+
+    def _native_output(self, y: Tensor) -> Tensor:
+        """torch's ``(B, L, E)`` output -> this module's native clip output."""
+        return y.transpose(1, 2)
 
     def forward_step(self, query: Tensor, key: Optional[Tensor] = None, value: Optional[Tensor] = None,
                      update_state: bool = True) -> Optional[Tensor]:

@@ -25,6 +25,8 @@ class RetroactiveMultiheadAttention(_ContinualMultiheadAttention):
         torch.Size([1, 8, 1, 4])
     """
 
+    _retroactive = True
+
     def _build_layer(self):
         return RetroactiveMHA(self.embed_dim, self.num_heads, self.sequence_len, self.in_proj_bias is not None,
                               self.kdim, self.vdim)

@@ -39,6 +39,9 @@ class SingleOutputMultiheadAttention(_ContinualMultiheadAttention):
         super().__init__(embed_dim, num_heads, dropout, bias, add_bias_kv, add_zero_attn, kdim, vdim, batch_first, device,
                          dtype, sequence_len, forward_returns_attn_mask, embed_dim_second)
 
+    def _queries(self, query):  # (B, L, E) -> (B, 1, E): the token at query_index, as co
+        return query[:, self.query_index].unsqueeze(1)
+
     def _build_layer(self):
         return SingleOutputMHA(self.embed_dim, self.num_heads, self.sequence_len, self.in_proj_bias is not None,
                                self.kdim, self.vdim, self.query_index)
