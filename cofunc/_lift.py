@@ -168,23 +168,29 @@ _POINTWISE_MODULES = (
 _DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
-def _batch_norm_apply(eps: float, affine: bool):
+def _batch_norm_apply(eps: float, affine: bool, mode_of: Optional[nn.Module] = None):
+    """The inference batch norm; with ``mode_of`` (the nn adapters' own module), torch's
+    training-mode computation while that module is in training mode, as co steps it."""
     def apply(params, x):
+        training = mode_of is not None and mode_of.training
+        momentum = (mode_of.momentum if mode_of.momentum is not None else 0.1) if training else 0.0
         return F.batch_norm(
             x, params["running_mean"], params["running_var"], params.get("weight") if affine else None,
-            params.get("bias") if affine else None, False, 0.0, eps,
+            params.get("bias") if affine else None, training, momentum, eps,
         )
 
     return apply
 
 
-def lift_module(module: nn.Module, *, rank: Optional[int] = None) -> Lift:
+def lift_module(module: nn.Module, *, rank: Optional[int] = None, follow_training: bool = False) -> Lift:
     """Lift a temporally-local torch.nn module into a stateless layer with the module's params.
 
     Batch norm is applied with its running statistics (its inference behaviour, exact per frame);
     dropouts are the identity (the inference path has no randomness); activations and layer
     norm act on each frame. Other modules are applied to each frame with a time axis of length 1
-    through ``torch.func.functional_call``.
+    through ``torch.func.functional_call``. ``follow_training=True`` (what the nn adapters use)
+    makes a batch norm compute torch's training-mode normalisation of each step's frames while
+    ``module`` is in training mode, as co does; the layer is then not pure.
 
     Example:
         >>> import torch, cofunc
@@ -218,7 +224,8 @@ def lift_module(module: nn.Module, *, rank: Optional[int] = None) -> Lift:
                 f"cannot equal the clip; use track_running_stats=True"
             )
         bn_rank = rank if rank is not None else next(r for cls, r in _BATCH_NORMS.items() if isinstance(module, cls))
-        return Lift(_batch_norm_apply(module.eps, module.affine), name, False, bn_rank, module, same_rank=True)
+        return Lift(_batch_norm_apply(module.eps, module.affine, module if follow_training else None), name, False,
+                    bn_rank, module, same_rank=True)
     if isinstance(module, _DROPOUTS):
         return Lift(lambda params, x: x, name, True, rank, None)
     if isinstance(module, nn.LayerNorm):

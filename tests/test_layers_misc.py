@@ -482,14 +482,21 @@ def test_clip_statistics_norms_forward_but_refuse_to_step(make, frame):
     assert net.get_state() is None
 
 
-def test_batch_norm_in_train_mode_forward_but_refuses_to_step():
+def test_batch_norm_in_train_mode_steps_like_co_with_a_warning():
+    """In training mode a step is normalised with its own batch statistics and updates the
+    running statistics, as co (torch's module on the frame) does; a warning says it differs
+    from the clip. In eval mode the steps are exact."""
     ref = nn.BatchNorm2d(3).double().train()
     module = cn.continual(ref)
     xs = torch.randn(2, 3, 5, 4, dtype=F64)
     expected = nn.BatchNorm2d(3).double().train()(xs)
     assert torch.equal(module(xs), expected)
-    with pytest.raises(cofunc.ConfigurationError, match="eval"):
-        module.forward_step(xs[:, :, 0])
+    torch_bn = nn.BatchNorm2d(3).double().train()
+    torch_bn.load_state_dict(module.state_dict())
+    with pytest.warns(cn.module.TrainingModeStepWarning, match="eval"):
+        y = module.forward_step(xs[:, :, 0])
+    torch.testing.assert_close(y, torch_bn(xs[:, :, 0:1]).squeeze(2))
+    torch.testing.assert_close(module.running_mean, torch_bn.running_mean)
     module.eval()
     torch.testing.assert_close(torch.stack(module_steps(module, xs), dim=2), module(xs))
 

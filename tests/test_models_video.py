@@ -20,6 +20,7 @@ import cofunc.nn as cn
 from cofunc import ConfigurationError
 from cofunc.models import i3d_r50, slow_r50, x3d
 from cofunc.models._blocks import SqueezeExcitation
+from cofunc.nn.module import TrainingModeStepWarning
 
 F64 = torch.float64
 K = 5  # classes of the small networks
@@ -345,7 +346,7 @@ def test_functional_layer_with_stream_dims_and_vmap(name):
 
 def test_training_mode_forward_and_stepping_guard():
     """``forward`` is the regular network also in training mode (batch statistics, dropout);
-    stepping needs eval mode."""
+    stepping in training mode warns (co steps it with each step's batch statistics)."""
     net = small_slow().train()
     norm = net.blocks[0].norm
     before = norm.running_mean.clone()
@@ -353,7 +354,7 @@ def test_training_mode_forward_and_stepping_guard():
     out.sum().backward()
     assert not torch.equal(norm.running_mean, before)
     assert net.blocks[5].proj.weight.grad is not None
-    with pytest.raises(ConfigurationError, match="eval"):
+    with pytest.warns(TrainingModeStepWarning, match="eval"):
         net.forward_step(torch.randn(2, 3, CROP, CROP))
 
 

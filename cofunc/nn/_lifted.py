@@ -21,7 +21,7 @@ class LiftedModule(ContinualModule):
     """Base of the classes `continual` makes for temporally-local torch.nn modules."""
 
     def _build_layer(self):
-        return lift_module(self)
+        return lift_module(self, follow_training=True)
 
     @property
     def layer(self):

@@ -263,7 +263,9 @@ def _aligned_branch(layer):
 class Conditional(_Branches):
     """Run ``on_true`` when ``predicate(module, x)`` holds, else ``on_false`` (identity if None).
 
-    Branches are children ``"0"`` and ``"1"`` and are aligned to the larger delay.
+    Branches are children ``"0"`` and ``"1"``; as in co, the branch with the smaller delay is
+    wrapped as ``Sequential(Delay(difference), branch)`` so that both have the larger delay (its
+    ``state_dict`` keys are then ``"0.1.weight"``, ..., as co's).
 
     Example:
         >>> import torch, cofunc.nn as cn
@@ -273,7 +275,9 @@ class Conditional(_Branches):
     """
 
     def __init__(self, predicate: Callable, on_true: nn.Module, on_false: Optional[nn.Module] = None):
-        modules = (on_true,) if on_false is None else (on_true, on_false)
+        modules = [continual(m) for m in ((on_true,) if on_false is None else (on_true, on_false))]
+        delay = max(m.delay for m in modules)
+        modules = [m if m.delay == delay else Sequential(Delay(delay - m.delay), m) for m in modules]
         super().__init__(*modules)
         self.predicate = predicate
 
@@ -282,13 +286,25 @@ class Conditional(_Branches):
 
     def _build_layer(self):
         layers = list(self._modules.values())
-        return comb.conditional(lambda x: bool(self.predicate(self, x)), layers[0].layer, layers[1].layer if len(layers) > 1 else None)
+        return comb.conditional(_Predicate(self), layers[0]._hooked_layer(), layers[1]._hooked_layer() if len(layers) > 1 else None)
 
     def forward(self, input):
         with _forward_mode:
             if self.predicate(self, input):
                 return self._modules["0"](input)
             return self._modules["1"](input) if "1" in self._modules else input
+
+
+class _Predicate:
+    """``predicate(module, x)`` as the core's ``predicate(x)`` (a class, so modules pickle)."""
+
+    def __init__(self, module):
+        self.module = module
+
+    def __call__(self, x):
+        return bool(self.module.predicate(self.module, x))
+
+
 
 
 class Sequential(ContinualModule, nn.Sequential):

@@ -6,6 +6,7 @@ Also co's ``CoModule`` (an alias of `ContinualModule`), ``PaddingMode`` and ``ca
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from enum import Enum
 from typing import Any, Optional
 
@@ -19,6 +20,10 @@ from ._call_mode import _stack, call_mode, current_call_mode, normalise_call_mod
 from . import utils as _utils
 
 __all__ = ["CoModule", "ContinualModule", "PaddingMode", "call_mode"]
+
+
+class TrainingModeStepWarning(UserWarning):
+    """Stepping a module whose batch norms are in training mode (the steps differ from forward)."""
 
 
 class PaddingMode(Enum):
@@ -220,14 +225,18 @@ class ContinualModule(nn.Module):
         return layer.init_state(self.params, step_shape, device=like.device, dtype=like.dtype)
 
     def _check_step_mode(self) -> None:
-        """Raise if a step cannot equal the clip: a norm in training mode (here or in any
-        submodule) normalises with the statistics of the whole clip, which a step cannot see."""
+        """Warn if a step cannot equal the clip: a batch norm in training mode (here or in any
+        submodule) normalises each step's frames with their own statistics (co's behaviour,
+        kept so co code runs unchanged), not with the clip's as ``forward`` does."""
         for norm in self._statistics_norms():
             if norm.training:
-                raise ConfigurationError(
-                    f"{type(self).__name__}: {type(norm).__name__} is in training mode and normalises with "
-                    f"the statistics of the whole clip, which a step cannot see; call .eval() before stepping"
+                warnings.warn(
+                    f"{type(self).__name__}: {type(norm).__name__} is in training mode, so each step is "
+                    f"normalised with its own batch statistics (as co does) and the steps do not equal the "
+                    f"clip forward; call .eval() before stepping for exact inference",
+                    TrainingModeStepWarning, stacklevel=3,
                 )
+                return
 
     def _statistics_norms(self):
         """The batch and instance norms in this module's tree (cached until modules change)."""
