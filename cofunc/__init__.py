@@ -24,6 +24,7 @@ from ._combinators import (
 from ._conv import Conv, ConvState, conv1d, conv2d, conv3d
 from ._delay import Delay, DelayState, delay, skip
 from ._errors import (
+    CheckpointError,
     CofuncError,
     ConfigurationError,
     DTypeDeviceError,
@@ -89,6 +90,7 @@ __all__ = [
     "Broadcast",
     "BroadcastReduce",
     "ChannelLayerNorm",
+    "CheckpointError",
     "CofuncError",
     "Conditional",
     "ConditionalState",

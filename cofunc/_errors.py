@@ -33,6 +33,10 @@ class StreamsOutOfStepError(CofuncError, ValueError):
     """An operation that needs one shared clock got streams at different positions."""
 
 
+class CheckpointError(CofuncError, ValueError):
+    """A published checkpoint has keys or shapes the target model or converter does not expect."""
+
+
 class UnsupportedModuleError(CofuncError, TypeError):
     """`continual(module)` met a torch.nn module type it has no converter for."""
 

@@ -29,12 +29,23 @@ from cofunc._pool import avg_pool1d
 from cofunc._seq import seq
 
 TEMPORAL_PADDINGS = ("keep", "remove")
-SE_SCOPES = ("clip", "frame")
+SE_SCOPES = ("clip", "frame", "clip_forward_frame_steps")
+TEMPORAL_FILLS = ("zeros", "replicate")
 
 
 def check_choice(name: str, value, choices) -> None:
     if value not in choices:
         raise ConfigurationError(f"`{name}` must be one of {choices}, got {value!r}")
+
+
+def temporal_conv(dim_in: int, dim_out: int, kernel, temporal_padding: str, temporal_fill: str, **kwargs) -> cn.Conv3d:
+    """A ``Conv3d`` whose temporal padding is ``kernel[0] // 2`` ("keep") or 0 ("remove"), and
+    whose fresh state pads the stream's start with zeros or the first frame (``temporal_fill``;
+    ``forward`` always pads with zeros, as the regular network)."""
+    spatial = kwargs.pop("padding", (0, 0))
+    pad = (temporal_pad(kernel[0], temporal_padding), *spatial)
+    fill = temporal_fill if pad[0] else None
+    return cn.Conv3d(dim_in, dim_out, kernel, padding=pad, temporal_fill=fill, **kwargs)
 
 
 def temporal_pad(kernel_t: int, temporal_padding: str) -> int:
@@ -204,8 +215,13 @@ class SqueezeExcitation(cn.ContinualModule):
     a longer stream each frame is gated by the mean of its ``2W - 1`` neighbours. Delay
     ``W - 1`` (temporal padding kept) or ``2W - 2`` (removed).
 
-    ``scope="frame"`` (the published CoX3D): each frame is gated by its own spatial mean. No
-    delay; the clip ``forward`` then differs from the regular network.
+    ``scope="frame"``: each frame is gated by its own spatial mean. No delay; the clip
+    ``forward`` then differs from the regular network.
+
+    ``scope="clip_forward_frame_steps"`` (co3d's CoX3D module, whose SE is a residual over co's
+    ``AdaptiveAvgPool3d`` with a 1-frame step window): ``forward`` is the clip scope (the regular
+    X3D), the step modes are the frame scope. The two modes then compute different networks, as
+    the published module does; needs the temporal padding kept.
 
     Params: ``block.0.weight``, ``block.0.bias``, ``block.2.weight``, ``block.2.bias``.
     """
@@ -223,18 +239,27 @@ class SqueezeExcitation(cn.ContinualModule):
             nn.Conv3d(num_channels_reduced, num_channels, kernel_size=1, bias=True),
             nn.Sigmoid(),
         )
+        if scope == "clip_forward_frame_steps" and temporal_padding != "keep":
+            raise ConfigurationError(
+                "SqueezeExcitation: scope 'clip_forward_frame_steps' needs temporal_padding='keep' (its clip "
+                f"forward and its steps would otherwise emit different numbers of frames), got {temporal_padding!r}"
+            )
         self.scope = scope
         self.window = window
         self.temporal_padding = temporal_padding
-        self.__dict__["_co_pool"] = self._make_pool()  # param-free: kept outside the module tree
+        # Param-free pools, kept outside the module tree: one for the step modes, one for forward.
+        step_scope = "clip" if scope == "clip" else "frame"
+        forward_scope = "frame" if scope == "frame" else "clip"
+        self.__dict__["_co_pool"] = self._make_pool(step_scope)
+        self.__dict__["_forward_pool"] = self._make_pool(forward_scope)
 
     def extra_repr(self):
         return f"scope={self.scope!r}, window={self.window}, temporal_padding={self.temporal_padding!r}"
 
-    def _make_pool(self) -> Layer:
+    def _make_pool(self, scope: str) -> Layer:
         """``(*B, C, H, W) -> (*B, C, 1, 1)`` per step: the spatial mean, then (clip scope) the
         temporal mean over the centred window."""
-        if self.scope == "frame" or self.window == 1:
+        if scope == "frame" or self.window == 1:
             return Lift(_mean_hw_keepdim, "spatial_mean", True, 3)
         w = self.window
         pad = w - 1 if self.temporal_padding == "keep" else 0
@@ -243,10 +268,10 @@ class SqueezeExcitation(cn.ContinualModule):
         temporal = avg_pool1d(2 * w - 1, stride=1, padding=pad, count_include_pad=False)
         return seq(spatial_mean(), temporal, spatial_unsqueeze())
 
-    def _align(self) -> Delay:
+    def _align(self, pool: Optional[Layer] = None) -> Delay:
         """The frame selection pairing each frame with its gates: a delay by the pool's delay
         (padding kept) or the centre frames of the pool's windows (padding removed)."""
-        pool = self.__dict__["_co_pool"]
+        pool = self.__dict__["_co_pool"] if pool is None else pool
         if pool.receptive_field - 1 == 2 * pool.padding:
             return Delay(pool.delay, 3)
         return _shrink(pool, "centered")
@@ -261,8 +286,9 @@ class SqueezeExcitation(cn.ContinualModule):
 
 
     def forward(self, x: Tensor) -> Tensor:
-        gates = self.block(self.__dict__["_co_pool"].forward({}, x))
-        return self._align().forward({}, x) * gates
+        pool = self.__dict__["_forward_pool"]
+        gates = self.block(pool.forward({}, x))
+        return self._align(pool).forward({}, x) * gates
 
     def clean_state(self):
         super().clean_state()

@@ -27,6 +27,7 @@ import cofunc.nn as cn
 from cofunc._errors import ConfigurationError
 
 from ._blocks import (
+    TEMPORAL_FILLS,
     TEMPORAL_PADDINGS,
     ResBlock,
     SpatialMean,
@@ -36,7 +37,7 @@ from ._blocks import (
     head_activation_module,
     init_weights,
     stage,
-    temporal_pad,
+    temporal_conv,
 )
 
 # The temporal kernel of each block's conv_a, per stage; a list is repeated over the stage's
@@ -53,6 +54,7 @@ def slow_r50(
     clip_length: int = 8,
     crop_size: int = 224,
     temporal_padding: str = "keep",
+    temporal_fill: str = "zeros",
     head_pool: Optional[int] = None,
     stem_dim_out: int = 64,
     stage_depths: Sequence[int] = R50_DEPTHS,
@@ -70,6 +72,11 @@ def slow_r50(
         temporal_padding: "keep" (the regular network's temporal padding: stepping a clip from
             a fresh state with ``pad_end=True`` equals ``forward``) or "remove" (no temporal
             padding: every output is computed from real frames only).
+        temporal_fill: how a fresh state pads the start of a stream in the temporally padded
+            convolutions: "zeros" (as ``forward``) or "replicate" (the first frame each
+            convolution receives, co's ``temporal_fill="replicate"``, co3d's
+            ``--co3d_temporal_fill replicate``). Only the first outputs of a stream differ;
+            ``forward`` pads with zeros either way.
         head_pool: frames averaged by the head (default ``clip_length``; CoSlow uses up to 64).
         stem_dim_out, stage_depths: width and depth (64 and (3, 4, 6, 3) for R50; smaller
             values give small test networks).
@@ -82,7 +89,7 @@ def slow_r50(
         >>> net.delay, net.receptive_field  # two 3x1x1 conv_a, head pool 8
         (9, 12)
     """
-    return _resnet("slow_r50", num_classes, clip_length, crop_size, temporal_padding, head_pool, stem_dim_out,
+    return _resnet("slow_r50", num_classes, clip_length, crop_size, temporal_padding, temporal_fill, head_pool, stem_dim_out,
                    stage_depths, dropout_rate, head_activation, input_channel, stem_kernel_t=1,
                    stage_kernels=SLOW_KERNELS, stage1_pool=False)
 
@@ -93,6 +100,7 @@ def i3d_r50(
     clip_length: int = 8,
     crop_size: int = 224,
     temporal_padding: str = "keep",
+    temporal_fill: str = "zeros",
     head_pool: Optional[int] = None,
     stem_dim_out: int = 64,
     stage_depths: Sequence[int] = R50_DEPTHS,
@@ -117,24 +125,25 @@ def i3d_r50(
         >>> net.delay, net.stride  # stem 2, res2 1, pool 1, res3 2, res4 2, head pool 6
         (14, (2,))
     """
-    return _resnet("i3d_r50", num_classes, clip_length, crop_size, temporal_padding, head_pool, stem_dim_out,
+    return _resnet("i3d_r50", num_classes, clip_length, crop_size, temporal_padding, temporal_fill, head_pool, stem_dim_out,
                    stage_depths, dropout_rate, head_activation, input_channel, stem_kernel_t=5,
                    stage_kernels=I3D_KERNELS, stage1_pool=True)
 
 
-def _resnet(name, num_classes, clip_length, crop_size, temporal_padding, head_pool, stem_dim_out, stage_depths,
+def _resnet(name, num_classes, clip_length, crop_size, temporal_padding, temporal_fill, head_pool, stem_dim_out, stage_depths,
             dropout_rate, head_activation, input_channel, stem_kernel_t, stage_kernels, stage1_pool) -> VideoNet:
     """``create_resnet`` (bottleneck blocks, spatial strides 1, 2, 2, 2, no temporal strides in
     the stages)."""
     check_choice("temporal_padding", temporal_padding, TEMPORAL_PADDINGS)
+    check_choice("temporal_fill", temporal_fill, TEMPORAL_FILLS)
     if len(stage_depths) != 4 or min(stage_depths) < 1:
         raise ConfigurationError(f"{name}: stage_depths needs 4 positive block counts, got {tuple(stage_depths)}")
     temporal_stride = 2 if stage1_pool else 1
     head_pool = clip_length // temporal_stride if head_pool is None else head_pool
     config = dict(model=name, num_classes=num_classes, clip_length=clip_length, crop_size=crop_size,
-                  temporal_padding=temporal_padding, head_pool=head_pool)
+                  temporal_padding=temporal_padding, temporal_fill=temporal_fill, head_pool=head_pool)
 
-    blocks = [_stem(input_channel, stem_dim_out, stem_kernel_t, temporal_padding)]
+    blocks = [_stem(input_channel, stem_dim_out, stem_kernel_t, temporal_padding, temporal_fill)]
     dim_in, dim_out = stem_dim_out, stem_dim_out * 4
     for idx, depth in enumerate(stage_depths):
         kernels = stage_kernels[idx]
@@ -143,7 +152,7 @@ def _resnet(name, num_classes, clip_length, crop_size, temporal_padding, head_po
         spatial_stride = 1 if idx == 0 else 2
         blocks.append(stage([
             _res_block(dim_in if i == 0 else dim_out, dim_out // 4, dim_out, kernels[i],
-                       spatial_stride if i == 0 else 1, temporal_padding)
+                       spatial_stride if i == 0 else 1, temporal_padding, temporal_fill)
             for i in range(depth)
         ]))
         dim_in, dim_out = dim_out, dim_out * 2
@@ -155,12 +164,12 @@ def _resnet(name, num_classes, clip_length, crop_size, temporal_padding, head_po
     return init_weights(VideoNet(blocks, config))
 
 
-def _stem(dim_in: int, dim_out: int, kernel_t: int, temporal_padding: str) -> cn.Sequential:
+def _stem(dim_in: int, dim_out: int, kernel_t: int, temporal_padding: str, temporal_fill: str) -> cn.Sequential:
     """``create_res_basic_stem``: conv (t, 7, 7) with spatial stride 2, BN, ReLU, max pool
     (1, 3, 3) with spatial stride 2."""
     return cn.Sequential(OrderedDict(
-        conv=cn.Conv3d(dim_in, dim_out, (kernel_t, 7, 7), stride=(1, 2, 2),
-                       padding=(temporal_pad(kernel_t, temporal_padding), 3, 3), bias=False),
+        conv=temporal_conv(dim_in, dim_out, (kernel_t, 7, 7), temporal_padding, temporal_fill, stride=(1, 2, 2),
+                           padding=(3, 3), bias=False),
         norm=nn.BatchNorm3d(dim_out),
         activation=nn.ReLU(),
         pool=cn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
@@ -168,12 +177,12 @@ def _stem(dim_in: int, dim_out: int, kernel_t: int, temporal_padding: str) -> cn
 
 
 def _res_block(dim_in: int, dim_inner: int, dim_out: int, kernel_t: int, spatial_stride: int,
-               temporal_padding: str) -> ResBlock:
+               temporal_padding: str, temporal_fill: str) -> ResBlock:
     """``create_res_block`` with ``create_bottleneck_block``: conv_a (t, 1, 1), conv_b
     (1, 3, 3) carrying the spatial stride, conv_c 1x1x1; a 1x1x1 conv + BN shortcut when the
     channels or the spatial size change."""
     branch2 = cn.Sequential(OrderedDict(
-        conv_a=cn.Conv3d(dim_in, dim_inner, (kernel_t, 1, 1), padding=(temporal_pad(kernel_t, temporal_padding), 0, 0), bias=False),
+        conv_a=temporal_conv(dim_in, dim_inner, (kernel_t, 1, 1), temporal_padding, temporal_fill, bias=False),
         norm_a=nn.BatchNorm3d(dim_inner),
         act_a=nn.ReLU(),
         conv_b=cn.Conv3d(dim_inner, dim_inner, (1, 3, 3), stride=(1, spatial_stride, spatial_stride),

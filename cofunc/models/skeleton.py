@@ -61,7 +61,7 @@ from ._blocks import Remap
 from ._graph import adjacency
 
 VARIANTS = ("original", "star")
-ATTENTION_SCOPES = ("clip", "frame")
+ATTENTION_SCOPES = ("clip", "frame", "frame_published")
 CHANNELS = (64, 64, 64, 64, 128, 128, 128, 256, 256, 256)
 STRIDES = (1, 1, 1, 1, 2, 1, 1, 2, 1, 1)
 
@@ -272,6 +272,14 @@ class AdaptiveGraphConvolution(FrameModule):
     ``attention="frame"``: one data-dependent graph per person and frame; ``forward`` and stepping
     agree exactly.
 
+    ``attention="frame_published"``: what continual-skeletons' AGCN* / CoAGCN* (``a_gcn_mod``)
+    computes, a defect reproduced so that its checkpoints give its predictions. Per frame it
+    takes the softmax of ``theta(x)^T phi(x) / C_e`` over the *output* joint ``w`` and then
+    ``einsum("nctv,nvwt->nctv", x, graph)``, which sums the graph over the output joint instead
+    of gathering the input joints: joint ``v`` is only scaled, by ``sum_w graph[v, w] =
+    1 + sum_w (A + graph_attn)[k, v, w]`` (the softmax row sums to one), so joints never mix and
+    the data-dependent term is constant. ``forward`` and stepping agree exactly.
+
     Clips ``(N, C_in, T, M*V) -> (N, C_out, T, M*V)``. Params: ``A`` (buffer), ``graph_attn``
     (initialised to ones, added to ``A``), ``g_conv.{k}``, ``a_conv.{k}``, ``b_conv.{k}`` (1x1
     convs, the embeddings have ``out_channels // coff_embedding`` channels), ``gcn_residual``,
@@ -317,6 +325,8 @@ class AdaptiveGraphConvolution(FrameModule):
         n, c, t, s = x.shape
         adj = self.A + self.graph_attn
         ic = self.inter_channels
+        if self.attention == "frame_published":
+            return self._forward_published(x)
         clip = self.attention == "clip" and not per_frame
         if clip:
             xp = _persons_to_batch(x, v)  # the graph of a person spans all of its frames
@@ -344,6 +354,25 @@ class AdaptiveGraphConvolution(FrameModule):
         y = self.relu(self.bn(y) + self.gcn_residual(xp))
         if clip:
             return _batch_to_persons(y, n)
+        return y.reshape(n, -1, t, s)
+
+    def _forward_published(self, x: Tensor) -> Tensor:
+        """continual-skeletons' ``AdaptiveGraphConvolutionMod.forward``, term for term: per
+        (person, frame) graphs ``softmax_w(a_v . b_w / C_e) + A[k]`` (N, V, W, L), applied with
+        its ``einsum("nctv,nvwt->nctv")``."""
+        v = self.A.shape[-1]
+        n, c, t, s = x.shape
+        xp = x.reshape(n, c, t * (s // v), v)  # (N, C, L, V): one row per (frame, person)
+        adj = self.A + self.graph_attn
+        y = None
+        for k, conv in enumerate(self.g_conv):
+            a = self.a_conv[k](xp).permute(0, 3, 1, 2)  # (N, V, C_e, L)
+            b = self.b_conv[k](xp)  # (N, C_e, L, W)
+            graph = torch.softmax(torch.einsum("nvcl,nclw->nvwl", a, b) / self.inter_channels, dim=-2)
+            graph = graph + adj[k][None, :, :, None]
+            z = conv(torch.einsum("nclv,nvwl->nclv", xp, graph))
+            y = z if y is None else y + z
+        y = self.relu(self.bn(y) + self.gcn_residual(xp))
         return y.reshape(n, -1, t, s)
 
 
@@ -390,8 +419,8 @@ class GcnUnitAttention(FrameModule):
     attention over the joints of each person and frame.
 
     Clips ``(N, C_in, T, M*V) -> (N, C_out, T, M*V)``. Params: ``data_bn`` (over ``C_in * V``),
-    ``attention_conv.qkv_conv``, ``attention_conv.attn_out``, ``bn``, and ``A`` (a buffer kept for
-    the names of S-TR's state dict; the attention does not use it).
+    ``attention_conv.qkv_conv``, ``attention_conv.attn_out``, ``bn``, and ``A`` (a trainable
+    parameter, as in S-TR's code, which the attention does not use).
     """
 
     def __init__(self, in_channels: int, out_channels: int, A: Tensor, num_heads: int = 8,
@@ -399,7 +428,9 @@ class GcnUnitAttention(FrameModule):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.num_joints = A.shape[-1]
-        self.register_buffer("A", A.detach().clone().float())
+        # A trainable parameter the attention never reads, as in S-TR's code: its checkpoints
+        # (whose A weight decay has shrunk) load unchanged, and the count is the published one.
+        self.A = nn.Parameter(A.detach().clone().float())
         self.data_bn = nn.BatchNorm1d(in_channels * self.num_joints)
         self.bn = nn.BatchNorm2d(out_channels)
         self.attention_conv = SpatialAttention(in_channels, int(out_channels * dk_factor), out_channels, num_heads,
@@ -554,6 +585,20 @@ class SkeletonNet(cn.Sequential):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
 
+def published_pool_padding(clip_length: int, strides: Sequence[int], kernel_size: int, padding: int) -> int:
+    """The zero padding continual-skeletons gives its final temporal pool (``CoModelBase``):
+    ``pool_size - ceil((T - rf + P + 1) / S)`` with the backbone's receptive field ``rf``, total
+    start padding ``P`` and stride ``S``. 19 for the original variant on 300 frames, 0 for the
+    star variant."""
+    rf, total_pad, cum = 1, 0, 1
+    for s in strides:
+        rf += (kernel_size - 1) * cum
+        total_pad += padding * cum
+        cum *= s
+    pool_size = backbone_length(clip_length, strides, kernel_size, padding)
+    return max(0, pool_size - math.ceil((clip_length - rf + total_pad + 1) / cum))
+
+
 def backbone_length(clip_length: int, strides: Sequence[int], kernel_size: int, padding: int) -> int:
     """The number of frames the blocks output for a clip of ``clip_length`` frames."""
     length = clip_length
@@ -564,7 +609,7 @@ def backbone_length(clip_length: int, strides: Sequence[int], kernel_size: int, 
 
 def _build(kind: str, num_classes: int, variant: str, clip_length: int, num_persons: int, in_channels: int,
            graph, channels: Sequence[int], strides: Optional[Sequence[int]], temporal_kernel_size: int,
-           unit_kwargs: dict, attention_from: Optional[int] = None) -> SkeletonNet:
+           unit_kwargs: dict, attention_from: Optional[int] = None, zero_padded_pool: bool = False) -> SkeletonNet:
     _check_choice("variant", variant, VARIANTS)
     A = adjacency(graph)
     num_joints = A.shape[-1]
@@ -590,6 +635,8 @@ def _build(kind: str, num_classes: int, variant: str, clip_length: int, num_pers
             f"(variant {variant!r}, temporal kernel {temporal_kernel_size}); use longer clips"
         )
 
+    pool_padding = published_pool_padding(clip_length, strides, temporal_kernel_size, pad) if zero_padded_pool else 0
+
     blocks = OrderedDict()
     c_in = in_channels
     for i, (c_out, s) in enumerate(zip(channels, strides)):
@@ -606,14 +653,14 @@ def _build(kind: str, num_classes: int, variant: str, clip_length: int, num_pers
     nn.init.normal_(fc.weight, 0.0, math.sqrt(2.0 / num_classes))
     config = dict(model=kind, num_classes=num_classes, variant=variant, clip_length=clip_length, num_persons=num_persons,
                   in_channels=in_channels, channels=channels, strides=strides, temporal_kernel_size=temporal_kernel_size,
-                  **unit_kwargs)
+                  **unit_kwargs, zero_padded_pool=zero_padded_pool)
     if attention_from is not None:
         config["attention_from"] = attention_from
     return SkeletonNet(OrderedDict(
         data_bn=DataNorm(in_channels, num_joints, num_persons),
         layers=cn.Sequential(blocks),
         spatial_pool=SpatialMean(),
-        pool=cn.AvgPool1d(pool_size, stride=1),
+        pool=cn.AvgPool1d(pool_size, stride=1, padding=pool_padding),
         fc=fc,
     ), config)
 
@@ -633,6 +680,14 @@ _ARGS_DOC = """
         channels, strides: per block (defaults: 64, 64, 64, 64, 128, 128, 128, 256, 256, 256 and
             the variant's strides); smaller widths make quick test networks.
         temporal_kernel_size: the temporal conv's kernel (9).
+        zero_padded_pool: pad the start of the final temporal average pool with zeros, as
+            continual-skeletons' continual models do (`published_pool_padding`: 19 outputs for
+            the original variant on 300 frames, none for the star variant). A stream then
+            predicts from step 296 instead of 372, the early predictions averaging zeros for the
+            missing outputs (divided by the whole pool), and ``forward`` on ``clip_length``
+            frames returns ``1 + 2 * padding`` predictions, the first being the published
+            model's clip prediction (continual-skeletons' ``CoModelBase`` returns that one).
+            Steady-state predictions are unchanged.
 """
 
 
@@ -642,28 +697,34 @@ def _variant(variant: str) -> str:
 
 def st_gcn(num_classes: int = 60, *, variant: str = "original", clip_length: int = 300, num_persons: int = 2,
            in_channels: int = 3, graph="ntu", channels: Sequence[int] = CHANNELS,
-           strides: Optional[Sequence[int]] = None, temporal_kernel_size: int = 9) -> SkeletonNet:
+           strides: Optional[Sequence[int]] = None, temporal_kernel_size: int = 9,
+           zero_padded_pool: bool = False) -> SkeletonNet:
     return _build("st_gcn", num_classes, _variant(variant), clip_length, num_persons, in_channels, graph, channels,
-                  strides, temporal_kernel_size, {})
+                  strides, temporal_kernel_size, {}, zero_padded_pool=zero_padded_pool)
 
 
 def agcn(num_classes: int = 60, *, variant: str = "original", clip_length: int = 300, num_persons: int = 2,
          in_channels: int = 3, graph="ntu", channels: Sequence[int] = CHANNELS, strides: Optional[Sequence[int]] = None,
-         temporal_kernel_size: int = 9, attention: str = "clip", coff_embedding: int = 4) -> SkeletonNet:
+         temporal_kernel_size: int = 9, attention: Optional[str] = None, coff_embedding: int = 4,
+         zero_padded_pool: bool = False) -> SkeletonNet:
+    variant = _variant(variant)
+    if attention is None:
+        attention = "frame" if variant == "star" else "clip"
     _check_choice("attention", attention, ATTENTION_SCOPES)
-    return _build("agcn", num_classes, _variant(variant), clip_length, num_persons, in_channels, graph, channels,
-                  strides, temporal_kernel_size, dict(attention=attention, coff_embedding=coff_embedding))
+    return _build("agcn", num_classes, variant, clip_length, num_persons, in_channels, graph, channels,
+                  strides, temporal_kernel_size, dict(attention=attention, coff_embedding=coff_embedding),
+                  zero_padded_pool=zero_padded_pool)
 
 
 def s_tr(num_classes: int = 60, *, variant: str = "original", clip_length: int = 300, num_persons: int = 2,
          in_channels: int = 3, graph="ntu", channels: Sequence[int] = CHANNELS, strides: Optional[Sequence[int]] = None,
          temporal_kernel_size: int = 9, num_heads: int = 8, attention_from: int = 4,
-         drop_connect: bool = True) -> SkeletonNet:
+         drop_connect: bool = True, zero_padded_pool: bool = False) -> SkeletonNet:
     if not 1 <= attention_from <= len(tuple(channels)):
         raise ConfigurationError(f"`attention_from` must name a block, 1 to {len(tuple(channels))}, got {attention_from}")
     return _build("s_tr", num_classes, _variant(variant), clip_length, num_persons, in_channels, graph, channels,
                   strides, temporal_kernel_size, dict(num_heads=num_heads, drop_connect=drop_connect),
-                  attention_from=attention_from)
+                  attention_from=attention_from, zero_padded_pool=zero_padded_pool)
 
 
 st_gcn.__doc__ = """ST-GCN / CoST-GCN: spatial graph convolutions (3 partitions, learnable edge
@@ -673,10 +734,14 @@ st_gcn.__doc__ = """ST-GCN / CoST-GCN: spatial graph convolutions (3 partitions,
 
 agcn.__doc__ = """AGCN / CoAGCN: `st_gcn` with 2s-AGCN's adaptive graph convolution.
 
-    ``attention="clip"`` (default, the regular AGCN): the data-dependent graph spans the whole
-    clip; stepping computes it per frame (as the published CoAGCN), so stepped outputs equal
-    the ``forward`` of the same weights with ``attention="frame"``, not this ``forward``.
-    ``attention="frame"``: one data-dependent graph per frame; ``forward`` and stepping agree.
+    ``attention="clip"`` (the default of the original variant, the regular AGCN): the
+    data-dependent graph spans the whole clip; stepping computes it per frame (as the published
+    CoAGCN), so stepped outputs equal the ``forward`` of the same weights with
+    ``attention="frame"``, not this ``forward``. ``attention="frame"`` (the default of the star
+    variant, whose published model attends within each frame): one data-dependent graph per
+    frame; ``forward`` and stepping agree. ``attention="frame_published"``: the published
+    AGCN* / CoAGCN* computation, defect included (see `AdaptiveGraphConvolution`); use it to
+    reproduce the predictions of continual-skeletons' ``agcnmod_*`` checkpoints.
     ``coff_embedding``: the embeddings have ``out_channels // coff_embedding`` channels.
     3.5 M parameters at full size.
 """ + _ARGS_DOC
@@ -702,6 +767,7 @@ __all__ = [
     "SpatioTemporalBlock",
     "agcn",
     "backbone_length",
+    "published_pool_padding",
     "s_tr",
     "st_gcn",
 ]

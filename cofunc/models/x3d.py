@@ -22,9 +22,11 @@ from typing import Optional
 from torch import nn
 
 import cofunc.nn as cn
+from cofunc._errors import ConfigurationError
 
 from ._blocks import (
     SE_SCOPES,
+    TEMPORAL_FILLS,
     TEMPORAL_PADDINGS,
     ResBlock,
     SpatialMean,
@@ -38,7 +40,7 @@ from ._blocks import (
     round_repeats,
     round_width,
     stage,
-    temporal_pad,
+    temporal_conv,
 )
 
 # size: (input_clip_length, input_crop_size, depth_factor), as pytorchvideo's hub x3d_xs ... x3d_l.
@@ -58,6 +60,7 @@ def x3d(
     clip_length: Optional[int] = None,
     crop_size: Optional[int] = None,
     temporal_padding: str = "keep",
+    temporal_fill: str = "zeros",
     se: str = "clip",
     head_pool: Optional[int] = None,
     width_factor: float = 2.0,
@@ -85,11 +88,20 @@ def x3d(
             the start-up outputs that mix in padding are skipped, so the first output comes
             later (``delay = receptive_field - 1``: 68 instead of 40 steps for X3D-S with
             frame-scope SE).
+        temporal_fill: how a fresh state pads the start of a stream in the temporally padded
+            convolutions (the stem's 5x1x1, each block's 3x3x3): "zeros" (as ``forward``) or
+            "replicate" (the first frame each convolution receives: co's
+            ``temporal_fill="replicate"``, which co3d's published CoX3D evaluation passes as
+            ``--co3d_temporal_fill replicate``). Only the first outputs of a stream differ;
+            ``forward`` pads with zeros either way.
         se: "clip" pools the squeeze-and-excitation input over the whole clip (a centred window
             of ``2 * clip_length - 1`` frames that counts real frames only: exact for clips of
             ``clip_length`` frames; delay ``clip_length - 1`` per SE block). "frame" (the
             published CoX3D) pools each frame on its own: far less delay, but ``forward`` is
             then not the original X3D (each frame is gated by its own mean).
+            "clip_forward_frame_steps" is co3d's CoX3D module as published: ``forward`` is the
+            regular X3D (clip scope), the step modes use frame scope (its delay); needs
+            ``temporal_padding="keep"``.
         head_pool: frames averaged by the head's temporal pool (default ``clip_length``);
             CoX3D extends it, e.g. to 64.
         width_factor, depth_factor, stem_dim_in, bottleneck_factor, se_ratio, head_dim_out,
@@ -113,17 +125,20 @@ def x3d(
     check_choice("size", size, tuple(X3D_SIZES))
     check_choice("temporal_padding", temporal_padding, TEMPORAL_PADDINGS)
     check_choice("se", se, SE_SCOPES)
+    check_choice("temporal_fill", temporal_fill, TEMPORAL_FILLS)
+    if se == "clip_forward_frame_steps" and temporal_padding != "keep":
+        raise ConfigurationError(f"x3d: se='clip_forward_frame_steps' needs temporal_padding='keep', got {temporal_padding!r}")
     default_length, default_crop, default_depth = X3D_SIZES[size]
     clip_length = default_length if clip_length is None else clip_length
     crop_size = default_crop if crop_size is None else crop_size
     depth_factor = default_depth if depth_factor is None else depth_factor
     head_pool = clip_length if head_pool is None else head_pool
     config = dict(size=size, num_classes=num_classes, clip_length=clip_length, crop_size=crop_size,
-                  temporal_padding=temporal_padding, se=se, head_pool=head_pool)
+                  temporal_padding=temporal_padding, temporal_fill=temporal_fill, se=se, head_pool=head_pool)
 
     blocks = []
     stem_dim_out = round_width(stem_dim_in, width_factor)
-    blocks.append(_stem(input_channel, stem_dim_out, temporal_padding))
+    blocks.append(_stem(input_channel, stem_dim_out, temporal_padding, temporal_fill))
 
     stage_dims = [stem_dim_in]
     for _ in range(3):
@@ -138,7 +153,7 @@ def x3d(
                 dim_in if i == 0 else dim_out, dim_inner, dim_out, spatial_stride=2 if i == 0 else 1,
                 # SE on every other block, from the first (pytorchvideo: (idx + 1) % 2).
                 se_ratio=se_ratio if (i + 1) % 2 else 0.0, se=se, se_window=clip_length,
-                temporal_padding=temporal_padding,
+                temporal_padding=temporal_padding, temporal_fill=temporal_fill,
             ))
         blocks.append(stage(res_blocks))
         dim_in = dim_out
@@ -149,18 +164,18 @@ def x3d(
     return init_weights(VideoNet(blocks, config))
 
 
-def _stem(dim_in: int, dim_out: int, temporal_padding: str) -> cn.Sequential:
+def _stem(dim_in: int, dim_out: int, temporal_padding: str, temporal_fill: str) -> cn.Sequential:
     """``create_x3d_stem``: a 1x3x3 conv (named ``conv_t`` in pytorchvideo), a depthwise 5x1x1
     conv (named ``conv_xy``), batch norm, ReLU."""
     conv = cn.Sequential(OrderedDict(
         conv_t=cn.Conv3d(dim_in, dim_out, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1), bias=False),
-        conv_xy=cn.Conv3d(dim_out, dim_out, (5, 1, 1), padding=(temporal_pad(5, temporal_padding), 0, 0),
-                          bias=False, groups=dim_out),
+        conv_xy=temporal_conv(dim_out, dim_out, (5, 1, 1), temporal_padding, temporal_fill, bias=False, groups=dim_out),
     ))
     return cn.Sequential(OrderedDict(conv=conv, norm=nn.BatchNorm3d(dim_out), activation=nn.ReLU()))
 
 
-def _res_block(dim_in, dim_inner, dim_out, spatial_stride, se_ratio, se, se_window, temporal_padding) -> ResBlock:
+def _res_block(dim_in, dim_inner, dim_out, spatial_stride, se_ratio, se, se_window, temporal_padding,
+               temporal_fill="zeros") -> ResBlock:
     """``create_x3d_res_block`` with ``create_x3d_bottleneck_block``."""
     if se_ratio > 0.0:
         squeeze = SqueezeExcitation(dim_inner, round_width(dim_inner, se_ratio), se, se_window, temporal_padding)
@@ -170,8 +185,8 @@ def _res_block(dim_in, dim_inner, dim_out, spatial_stride, se_ratio, se, se_wind
         conv_a=cn.Conv3d(dim_in, dim_inner, 1, bias=False),
         norm_a=nn.BatchNorm3d(dim_inner),
         act_a=nn.ReLU(),
-        conv_b=cn.Conv3d(dim_inner, dim_inner, 3, stride=(1, spatial_stride, spatial_stride),
-                         padding=(temporal_pad(3, temporal_padding), 1, 1), bias=False, groups=dim_inner),
+        conv_b=temporal_conv(dim_inner, dim_inner, (3, 3, 3), temporal_padding, temporal_fill,
+                             stride=(1, spatial_stride, spatial_stride), padding=(1, 1), bias=False, groups=dim_inner),
         norm_b=cn.Sequential(nn.BatchNorm3d(dim_inner), squeeze),
         act_b=Swish(),
         conv_c=cn.Conv3d(dim_inner, dim_out, 1, bias=False),
