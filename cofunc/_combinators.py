@@ -346,7 +346,14 @@ class Reduce(StatelessAnyRank, Layer):
             # A list, not a set: symbolic sizes (export with a dynamic stream dim) are unhashable.
             shapes = [tuple(v.shape) for v in values]
             if any(shape != shapes[0] for shape in shapes[1:]):
-                raise InputShapeError(f"{self.label}: streams must have equal shapes, got {[tuple(v.shape) for v in values]}")
+                # Size-1 axes broadcast, as torch's elementwise ops (and co's reduce) do: gates
+                # (*B, C, 1, 1) scale frames (*B, C, H, W) in squeeze-and-excitation.
+                try:
+                    torch.broadcast_shapes(*shapes)
+                except RuntimeError:
+                    raise InputShapeError(
+                        f"{self.label}: streams must have equal or broadcastable shapes, got {shapes}"
+                    ) from None
             return _REDUCERS[self.how](list(values))
         return self.how(list(values))
 
