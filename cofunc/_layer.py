@@ -95,6 +95,20 @@ def tree_where(mask: Tensor, new, old):
     return tree_map(lambda n, o: torch.where(expand_mask(mask, n), n, o), new, old)
 
 
+def zero_invalid(value, valid: Tensor):
+    """``value`` (a tensor ``(*B, ...)`` or a tuple of them) with zeros where ``valid`` ``(*B,)`` is False.
+
+    In eager mode the mask is read once: all valid costs nothing, none valid makes zeros without
+    a select. Under compile, export and vmap the select always runs (branch-free).
+    """
+    if values_are_concrete(valid):
+        if bool(valid.all()):
+            return value
+        if not bool(valid.any()):
+            return map_values(torch.zeros_like, value)
+    return map_values(lambda t: torch.where(expand_mask(valid, t), t, torch.zeros((), dtype=t.dtype, device=t.device)), value)
+
+
 def read_shared_clock(layer: "Layer", counter: Optional[Tensor]) -> int:
     """The number of steps all streams have taken; raise if they differ (host read)."""
     if counter is None:
