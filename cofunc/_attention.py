@@ -419,7 +419,7 @@ class SingleOutputMHA(_MultiheadAttention):
         return self.windows_tokens(params, q, k, v)
 
     # --- the Layer interface (channel first) ------------------------------------------------------
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One token ``(*B, E)`` (or a (query, key, value) tuple) -> ``(*B, E)``."""
         q_in, k_in, v_in = self.split_input(x, clip=False)
         self._check(params, state, q_in, clip=False)
@@ -502,7 +502,7 @@ class RetroactiveMHA(_MultiheadAttention):
         return self.windows_tokens(params, *self._chunk_project(params, q_in, k_in, v_in))
 
     # --- the Layer interface (channel first) ------------------------------------------------------
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One token ``(*B, E)`` (or a (query, key, value) tuple) -> ``(*B, E, N)``."""
         q_in, k_in, v_in = self.split_input(x, clip=False)
         self._check(params, state, q_in, clip=False)

@@ -289,8 +289,22 @@ class Layer:
 
     # --- computation -------------------------------------------------------------------------
     def step(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
-        """One step: ``x: (*B, C, *S) -> y: (*B, C', *S')`` and the next state."""
-        raise NotImplementedError
+        """One step: ``x: (*B, C, *S) -> y: (*B, C', *S')`` and the next state.
+
+        The output of a stream that did not emit (warming up, or between strided outputs, see
+        `valid`) is zeros, whether the step runs eagerly, vmapped, compiled or exported.
+        """
+        y, new_state = self._step(params, state, x)
+        if self.delay == 0 and self.stride == 1:  # emits on every step: nothing to mask
+            return y, new_state
+        return zero_invalid(y, self.valid(new_state)), new_state
+
+    def _step(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
+        """`step` without zeroing the outputs that were not emitted (what subclasses implement,
+        and what combinators call on their children: the outermost layer masks once)."""
+        if type(self).step is Layer.step:
+            raise NotImplementedError(f"{type(self).__name__} implements neither `_step` nor `step`")
+        return self.step(params, state, x)  # a subclass that overrides `step` itself
 
     def steps(self, params: Params, state: State, xs: Tensor, pad_end: bool = False) -> Tuple[Tensor, State]:
         """Many steps at once: ``xs: (*B, C, T, *S) -> ys: (*B, C', T', *S')``.

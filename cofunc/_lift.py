@@ -71,7 +71,7 @@ class Lift(Layer):
     def out_rank(self):
         return self.rank if self.keeps_rank else None
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         self.check_step_input(x)
         if self.pointwise:
             return self.apply(params, x), state

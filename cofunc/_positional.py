@@ -132,7 +132,7 @@ class RecyclingPositionalEncoding(Layer):
             self.check_state_type(state, PositionState)
             self.check_state_batch(state.position, x, what)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """A token ``(*B, E)`` plus its stream's positional embedding; the position advances."""
         self._check(params, state, x, clip=False)
         pe = F.embedding(torch.remainder(state.position, self.num_embeds), self.table(params))  # (*B, E)

@@ -322,7 +322,7 @@ class Recurrent(Layer):
             self.check_step_input(x, self.input_size)
         check_dtype_device(self, x, params.get("weight_ih_l0"), "clip" if clip else "step input")
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One frame ``x: (*B, input_size)`` to ``y: (*B, H_out)`` (the last layer's new ``h``)."""
         self._check_input(params, x, clip=False)
         self._check_state(state, x, clip=False)

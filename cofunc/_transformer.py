@@ -259,7 +259,7 @@ class SingleOutputEncoderLayer(_StatefulEncoderLayer):
     def step_output_shape(self, input_shape):
         return tuple(input_shape)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One token ``(*B, E)`` -> the output token ``(*B, E)``."""
         self._check(params, state, x, clip=False)
         attn = self.attn
@@ -324,7 +324,7 @@ class RetroactiveEncoderLayer(_StatefulEncoderLayer):
     def step_output_shape(self, input_shape):
         return tuple(input_shape) + (self.sequence_len,)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One token ``(*B, E)`` -> the window's updated tokens ``(*B, E, N)``."""
         self._check(params, state, x, clip=False)
         a_in = self.attn_input(params, x)
@@ -415,7 +415,7 @@ class WindowEncoderLayer(_EncoderBlock):
         attended = single_query_attention(self.attn, params["self_attn"], a_in.select(-2, pos), a_in)
         return self.finish(params, tokens.select(-2, pos), attended)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         self.check_step_input(x, self.config.d_model)
         check_dtype_device(self, x, self.reference(params))
         ys = self._apply(params, x.transpose(-1, -2))
@@ -477,7 +477,7 @@ class ChannelLayerNorm(Layer):
         rank = 1 if self.rank is None else self.rank
         return -rank - clip
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         return self._apply(params, x, self._axis(False)), state
 
     def forward(self, params, xs):
