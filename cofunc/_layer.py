@@ -18,13 +18,16 @@ import optree
 import torch
 from torch import Tensor
 
-from ._errors import DTypeDeviceError, InputShapeError, StateError, StreamsOutOfStepError, layer_label
+from ._errors import DTypeDeviceError, InputShapeError, ParamsError, StateError, StreamsOutOfStepError, layer_label
 
 Params = Mapping[str, Any]
 State = Any
 Shape = Tuple[int, ...]
 
 EMPTY_PARAMS: Mapping[str, Any] = {}
+
+# What a layer's input checks get as the state when the clip `forward` runs (it has none).
+NO_STATE = type("NoState", (), {"__repr__": lambda self: "NO_STATE"})()
 
 # optree namespace for the library's own containers (DESIGN.md section 2).
 TREE_NAMESPACE = "cofunc"
@@ -175,6 +178,51 @@ def _cached_property(fget, name):
     return property(get)
 
 
+def _memoised_with_rank(fn):
+    """Layers are immutable: the layer for a rank is made once (the nn adapters ask on every call,
+    and a layer made once keeps its cached metadata and params template)."""
+    if getattr(fn, "_cofunc_memoised", False):
+        return fn
+
+    def with_rank(self, rank: int):
+        cache = self.__dict__.setdefault("_with_rank_cache", {})
+        layer = cache.get(rank)
+        if layer is None:
+            layer = cache[rank] = fn(self, rank)
+        return layer
+
+    with_rank._cofunc_memoised = True
+    with_rank.__doc__ = fn.__doc__
+    return with_rank
+
+
+def _shapes(params) -> dict:
+    """The nested dict of shapes of a params tree (the template params are checked against)."""
+    return {k: _shapes(v) if isinstance(v, Mapping) else tuple(v.shape) for k, v in params.items()}
+
+
+def _first_mismatch(template: Mapping, params, path: str) -> Optional[str]:
+    """Where ``params`` first differs from ``template`` (missing entries, shapes), or None."""
+    if not isinstance(params, Mapping):
+        where = f"params[{path[:-1]!r}]" if path else "params"
+        return f"{where} should be a dict (from `init_params` or `params_from`), got {type(params).__name__}"
+    for key, want in template.items():
+        name = path + str(key)
+        if key not in params:
+            what = f"a tensor of shape {want}" if isinstance(want, tuple) else "a dict of tensors"
+            return f"params have no {name!r} ({what})"
+        got = params[key]
+        if isinstance(want, Mapping):
+            problem = _first_mismatch(want, got, name + ".")
+            if problem is not None:
+                return problem
+        elif not isinstance(got, Tensor):
+            return f"params[{name!r}] should be a tensor of shape {want}, got {type(got).__name__}"
+        elif tuple(got.shape) != want:
+            return f"params[{name!r}] has shape {tuple(got.shape)}, expected {want}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
     """A continual layer: static temporal metadata and pure functions over explicit state.
@@ -195,6 +243,8 @@ class Layer:
         # Layers are immutable, so their static metadata is computed once per layer: combinators
         # query their children's metadata on every step, recursively.
         super().__init_subclass__(**kwargs)
+        if "with_rank" in cls.__dict__:
+            cls.with_rank = _memoised_with_rank(cls.__dict__["with_rank"])
         for name in _STATIC_METADATA:
             attr = cls.__dict__.get(name)
             if isinstance(attr, property) and not getattr(attr.fget, "_cofunc_cached", False):
@@ -257,6 +307,25 @@ class Layer:
         """The params of an existing torch.nn module: the same tensors, under the same names."""
         return module_params(module)
 
+    def check_params(self, params: Params) -> None:
+        """Raise `ParamsError` naming the first entry this layer reads that ``params`` lack or
+        hold with another shape (params of another layer, or empty ones).
+
+        The expected shapes come from ``init_params(device="meta")``, made once per layer; the
+        last params that passed are remembered, so stepping with the same params checks once.
+        Entries the layer does not read are allowed. Not checked while compiling.
+        """
+        cache = self.__dict__
+        if cache.get("_checked_params") is params or torch.compiler.is_compiling():
+            return
+        template = cache.get("_params_template")
+        if template is None:
+            template = cache["_params_template"] = _shapes(self.init_params(device="meta"))
+        problem = _first_mismatch(template, params, "")
+        if problem is not None:
+            raise ParamsError(f"{self.label}: {problem}; are these the params of another layer?")
+        cache["_checked_params"] = params
+
     # --- state -------------------------------------------------------------------------------
     def init_state(self, params: Params, input_shape: Sequence[int], *, device=None, dtype=None) -> State:
         """The fresh state for steps of shape ``input_shape`` = ``(*B, C, *S)``."""
@@ -294,6 +363,7 @@ class Layer:
         The output of a stream that did not emit (warming up, or between strided outputs, see
         `valid`) is zeros, whether the step runs eagerly, vmapped, compiled or exported.
         """
+        self.check_call(params, state)
         y, new_state = self._step(params, state, x)
         if self.delay == 0 and self.stride == 1:  # emits on every step: nothing to mask
             return y, new_state
@@ -314,8 +384,16 @@ class Layer:
         appended, while the returned state is the one without the padding, so the stream can
         continue.
         """
+        self.check_call(params, state)
         clock = read_shared_clock(self, self.clock(state))
         return self._steps(params, state, xs, clock, pad_end)
+
+    def check_call(self, params: Params, state: State) -> None:
+        """What `step` and `steps` check before computing: the params, and that a stateful layer
+        got a state (the inputs and the state's contents are checked by each layer)."""
+        self.check_params(params)
+        if state is None and self.stateful:
+            raise StateError(f"{self.label}: expected a state from this layer's `init_state`, got None")
 
     def _steps(self, params: Params, state: State, xs: Tensor, clock: int, pad_end: bool) -> Tuple[Tensor, State]:
         raise NotImplementedError
@@ -377,15 +455,27 @@ class Layer:
                 f"shape {tuple(xs.shape)}"
             )
 
-    def check_state_batch(self, counter: Tensor, x: Tensor, what: str = "step input") -> None:
+    def check_stream_dims(self, streams: Shape, x: Tensor, what: str = "step input") -> None:
+        """``x`` must have the stream dims ``streams`` of the state it is stepped with."""
         rank = self.step_rank
         lead = tuple(x.shape[: x.dim() - (rank if what == "step input" else rank + 1)])
-        if tuple(counter.shape) != lead:
+        if what == "step input" and lead and lead[:-1] == streams:
+            # One dim too many after the streams' own: a clip whose time length happens to pass
+            # the channel check (T == C), not another batch.
+            raise InputShapeError(
+                f"{self.label}: the state's streams have shape {streams}, so a step input has "
+                f"{len(streams) + rank} dims, got shape {tuple(x.shape)} (is there a time axis? "
+                f"`step` takes one frame, `steps` takes clips)"
+            )
+        if streams != lead:
             raise StateError(
-                f"{self.label}: the state was made for streams of shape {tuple(counter.shape)}, but "
+                f"{self.label}: the state was made for streams of shape {streams}, but "
                 f"the {what} has stream dims {lead} (shape {tuple(x.shape)}); re-initialise the "
                 f"state for the new batch"
             )
+
+    def check_state_batch(self, counter: Tensor, x: Tensor, what: str = "step input") -> None:
+        self.check_stream_dims(tuple(counter.shape), x, what)
         if counter.device != x.device:
             raise DTypeDeviceError(
                 f"{self.label}: the state lives on {counter.device} but the {what} on {x.device}"

@@ -185,6 +185,7 @@ class Seq(Layer):
     def step(self, params, state, x):
         # The mask of emitting streams is tracked through the children anyway: zero the
         # non-emitting outputs with it rather than from `valid` (no extra work when all emit).
+        self.check_call(params, state)
         return self._run(params, state, x, zero_invalid=True)
 
     def _step(self, params, state, x):
