@@ -196,6 +196,11 @@ def _memoised_with_rank(fn):
     return with_rank
 
 
+def params_shapes_of(params) -> dict:
+    """The nested dict of shapes of a params tree."""
+    return _shapes(params)
+
+
 def _shapes(params) -> dict:
     """The nested dict of shapes of a params tree (the template params are checked against)."""
     return {k: _shapes(v) if isinstance(v, Mapping) else tuple(v.shape) for k, v in params.items()}
@@ -304,23 +309,39 @@ class Layer:
         return {}
 
     def params_from(self, module: torch.nn.Module) -> Params:
-        """The params of an existing torch.nn module: the same tensors, under the same names."""
+        """The params of an existing torch.nn module: the same tensors, under the same names.
+
+        They are the module's own parameters, so they require grad: stepping with them outside
+        ``torch.no_grad()`` / ``torch.inference_mode()`` records a graph, and a carried state
+        then keeps the graphs of all earlier steps (memory grows with the stream). Step inside
+        ``torch.inference_mode()`` for inference, or carry ``cofunc.detach_state(state)``.
+        """
         return module_params(module)
+
+    def params_shapes(self) -> dict:
+        """The shape of every params entry this layer reads, nested like its params."""
+        return _shapes(self.init_params(device="meta"))
 
     def check_params(self, params: Params) -> None:
         """Raise `ParamsError` naming the first entry this layer reads that ``params`` lack or
         hold with another shape (params of another layer, or empty ones).
 
-        The expected shapes come from ``init_params(device="meta")``, made once per layer; the
-        last params that passed are remembered, so stepping with the same params checks once.
-        Entries the layer does not read are allowed. Not checked while compiling.
+        The expected shapes come from `params_shapes` (``init_params(device="meta")``), made once
+        per layer; the last params that passed are remembered, so stepping with the same params
+        checks once. Entries the layer does not read are allowed. Not checked while compiling.
         """
         cache = self.__dict__
         if cache.get("_checked_params") is params or torch.compiler.is_compiling():
             return
         template = cache.get("_params_template")
         if template is None:
-            template = cache["_params_template"] = _shapes(self.init_params(device="meta"))
+            try:
+                # Outside any vmap (random init is refused there) and on the meta device.
+                with torch._C._DisableFuncTorch(), torch.no_grad():
+                    template = self.params_shapes()
+            except Exception:  # noqa: BLE001 - a layer that cannot describe its params is not checked
+                template = {}
+            cache["_params_template"] = template
         problem = _first_mismatch(template, params, "")
         if problem is not None:
             raise ParamsError(f"{self.label}: {problem}; are these the params of another layer?")

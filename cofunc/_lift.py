@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import EMPTY_PARAMS, Layer, flatten_params, module_params, with_one_batch_dim
+from ._layer import EMPTY_PARAMS, Layer, flatten_params, module_params, params_shapes_of, with_one_batch_dim
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -61,6 +61,10 @@ class Lift(Layer):
 
     def params_from(self, module):
         return module_params(module)
+
+    def params_shapes(self):
+        # The template's own tensors have the shapes (no copy of the module, as init_params makes).
+        return {} if self.template is None else params_shapes_of(_nest(module_params(self.template)))
 
     @property
     def keeps_rank(self) -> bool:

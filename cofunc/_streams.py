@@ -204,3 +204,27 @@ def clone_state(state):
     """A deep copy (states are never mutated, so keeping a reference is already a snapshot)."""
     return tree_map(torch.clone, state)
 
+
+def detach_state(state):
+    """The state without autograd history: carry this from step to step when stepping outside
+    ``torch.no_grad()`` with params that require grad (``layer.params_from(module)``).
+
+    A state is a function of the params, so a state stepped with trainable params holds the
+    autograd graph of every earlier step: memory grows with the stream. Detaching the carried
+    state (what the nn adapters do) keeps each step's output differentiable with respect to the
+    params through that step only, as in truncated backpropagation through time. For pure
+    inference, ``torch.inference_mode()`` (or ``no_grad``) around the loop is cheaper still.
+
+    Example:
+        >>> import torch, cofunc
+        >>> conv = torch.nn.Conv1d(2, 2, 3)
+        >>> layer = cofunc.conv1d(2, 2, 3)
+        >>> params = layer.params_from(conv)  # conv's own parameters: they require grad
+        >>> state = layer.init_state(params, (1, 2))
+        >>> for _ in range(4):
+        ...     y, state = layer.step(params, state, torch.randn(1, 2))
+        ...     state = cofunc.detach_state(state)
+        >>> y.requires_grad, state.buffer.requires_grad
+        (True, False)
+    """
+    return tree_map(lambda t: t.detach(), state)
