@@ -573,6 +573,9 @@ class Conditional(Layer):
         return y, ConditionalState(state.on_true, s, torch.zeros_like(state.took_true))
 
     def steps(self, params, state, xs, pad_end=False):
+        self.check_call(params, state)
+        if not isinstance(state, ConditionalState):
+            raise StateError(f"{self.label}: expected a ConditionalState, got {type(state).__name__}")
         taken = self._true if self.predicate(xs) else self._false
         sub = state.on_true if taken is self._true else state.on_false
         return self._steps(params, state, xs, read_shared_clock(self, taken.clock(sub)), pad_end)
