@@ -1,7 +1,11 @@
 """Tree operations along the stream axis, for serving many independent streams.
 
 A state's leaves all start with the stream dims ``*B``; these functions work on the first stream
-dim. All are out of place, so the input state stays a valid snapshot.
+dim (``B`` streams). All are out of place, so the input state stays a valid snapshot.
+
+Streams are selected in one of these forms: a bool mask tensor of shape ``(B,)``, a list of
+``B`` Python bools, a list, tuple or 1-d integer tensor of distinct indices in ``[0, B)``, or a
+slice. Anything else raises `StateError` (naming ``B``) before anything is computed.
 """
 
 from __future__ import annotations
