@@ -29,6 +29,7 @@ from ._errors import (
     ConfigurationError,
     DTypeDeviceError,
     InputShapeError,
+    ParamsError,
     StateError,
     StreamsOutOfStepError,
     UnsupportedModuleError,
@@ -65,7 +66,7 @@ from ._profile import Profile, count_macs, profile
 from ._rnn import LSTMState, Recurrent, RNNState, gru, lstm, rnn
 from ._seq import Seq, seq
 from ._serialize import load_state, save_state
-from ._streams import clone_state, put_streams, reset_streams, stack_streams, step_streams, take_streams, unstack_streams
+from ._streams import clone_state, detach_state, put_streams, reset_streams, stack_streams, step_streams, take_streams, unstack_streams
 from ._shape import Linear, Reshape, add, constant, identity, linear, multiply, one, reshape, zero
 from ._transformer import (
     ChannelLayerNorm,
@@ -108,6 +109,7 @@ __all__ = [
     "Lift",
     "Linear",
     "Parallel",
+    "ParamsError",
     "ParallelDispatch",
     "Pool",
     "PositionState",
@@ -150,6 +152,7 @@ __all__ = [
     "count_macs",
     "cyclic_positional_encoding",
     "delay",
+    "detach_state",
     "export_onnx",
     "export_step",
     "flatten_params",

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError
-from ._layer import Layer, check_dtype_device, module_params
+from ._layer import NO_STATE, Layer, check_dtype_device, module_params
 
 AttentionInput = Union[Tensor, Tuple[Tensor, Tensor, Tensor]]
 
@@ -245,7 +245,7 @@ class _MultiheadAttention(Layer):
     def _check(self, params, state: Optional[AttentionState], q: Tensor, clip: bool) -> None:
         what = "clip" if clip else "step input"
         check_dtype_device(self, q, self.reference(params), what)
-        if state is None:
+        if state is NO_STATE:  # the clip forward keeps no state
             return
         self.check_state_type(state, AttentionState)
         self.check_state_batch(state.count, q, what)
@@ -419,7 +419,7 @@ class SingleOutputMHA(_MultiheadAttention):
         return self.windows_tokens(params, q, k, v)
 
     # --- the Layer interface (channel first) ------------------------------------------------------
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One token ``(*B, E)`` (or a (query, key, value) tuple) -> ``(*B, E)``."""
         q_in, k_in, v_in = self.split_input(x, clip=False)
         self._check(params, state, q_in, clip=False)
@@ -434,7 +434,7 @@ class SingleOutputMHA(_MultiheadAttention):
     def forward(self, params, xs):
         """A clip ``(*B, E, T)`` -> ``(*B, E, T - N + 1)``: the output of each window of N tokens."""
         q_in, k_in, v_in = self.split_input(xs, clip=True)
-        self._check(params, None, q_in, clip=True)
+        self._check(params, NO_STATE, q_in, clip=True)
         return self.forward_tokens(params, *map(self._tokens, (q_in, k_in, v_in))).transpose(-1, -2)
 
 
@@ -502,7 +502,7 @@ class RetroactiveMHA(_MultiheadAttention):
         return self.windows_tokens(params, *self._chunk_project(params, q_in, k_in, v_in))
 
     # --- the Layer interface (channel first) ------------------------------------------------------
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One token ``(*B, E)`` (or a (query, key, value) tuple) -> ``(*B, E, N)``."""
         q_in, k_in, v_in = self.split_input(x, clip=False)
         self._check(params, state, q_in, clip=False)
@@ -519,7 +519,7 @@ class RetroactiveMHA(_MultiheadAttention):
     def forward(self, params, xs):
         """A clip ``(*B, E, T)`` -> ``(*B, E, T - N + 1, N)``: the outputs of every window of N tokens."""
         q_in, k_in, v_in = self.split_input(xs, clip=True)
-        self._check(params, None, q_in, clip=True)
+        self._check(params, NO_STATE, q_in, clip=True)
         return self.forward_tokens(params, *map(self._tokens, (q_in, k_in, v_in))).movedim(-1, -3)
 
 

@@ -92,7 +92,7 @@ class Broadcast(StatelessAnyRank, Layer):
     def label(self):
         return f"broadcast({self.n})"
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         return (x,) * self.n, state
 
     def _steps(self, params, state, xs, clock, pad_end):
@@ -226,12 +226,12 @@ class Parallel(Layer):
                 out = v if out is None else out & v
         return torch.ones((), dtype=torch.bool) if out is None else out
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         xs = self._inputs(x)
         self._check_state(state)
         ys, states = [], []
         for (name, _), layer, s, xi in zip(self.branches, self._aligned, state, xs):
-            y, s = layer.step(params.get(name, EMPTY_PARAMS), s, xi)
+            y, s = layer._step(params.get(name, EMPTY_PARAMS), s, xi)
             ys.append(y)
             states.append(s)
         return tuple(ys), tuple(states)
@@ -298,7 +298,7 @@ class ParallelDispatch(Layer):
 
         return (list if as_list else tuple)(pick(m) for m in self.mapping)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         return self._dispatch(x), state
 
     def _steps(self, params, state, xs, clock, pad_end):
@@ -357,7 +357,7 @@ class Reduce(StatelessAnyRank, Layer):
             return _REDUCERS[self.how](list(values))
         return self.how(list(values))
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         return self._apply(x, False), state
 
     def _steps(self, params, state, xs, clock, pad_end):
@@ -420,8 +420,8 @@ class BroadcastReduce(Layer):
     def valid(self, state):
         return self.inner.valid(state)
 
-    def step(self, params, state, x):
-        ys, state = self.inner.step(params, state, (x,) * self._n())
+    def _step(self, params, state, x):
+        ys, state = self.inner._step(params, state, (x,) * self._n())
         return self.reducer._apply(ys, False), state
 
     def _steps(self, params, state, xs, clock, pad_end):
@@ -561,13 +561,13 @@ class Conditional(Layer):
     def valid(self, state):
         return torch.where(state.took_true, self._true.valid(state.on_true), self._false.valid(state.on_false))
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         if not isinstance(state, ConditionalState):
             raise StateError(f"{self.label}: expected a ConditionalState, got {type(state).__name__}")
         if self.predicate(x):
-            y, s = self._true.step(params.get("0", EMPTY_PARAMS), state.on_true, x)
+            y, s = self._true._step(params.get("0", EMPTY_PARAMS), state.on_true, x)
             return y, ConditionalState(s, state.on_false, torch.ones_like(state.took_true))
-        y, s = self._false.step(params.get("1", EMPTY_PARAMS), state.on_false, x)
+        y, s = self._false._step(params.get("1", EMPTY_PARAMS), state.on_false, x)
         return y, ConditionalState(state.on_true, s, torch.zeros_like(state.took_true))
 
     def _steps(self, params, state, xs, clock, pad_end):
@@ -578,6 +578,9 @@ class Conditional(Layer):
         return y, ConditionalState(state.on_true, s, torch.zeros_like(state.took_true))
 
     def steps(self, params, state, xs, pad_end=False):
+        self.check_call(params, state)
+        if not isinstance(state, ConditionalState):
+            raise StateError(f"{self.label}: expected a ConditionalState, got {type(state).__name__}")
         taken = self._true if self.predicate(xs) else self._false
         sub = state.on_true if taken is self._true else state.on_false
         return self._steps(params, state, xs, read_shared_clock(self, taken.clock(sub)), pad_end)

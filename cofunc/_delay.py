@@ -106,7 +106,7 @@ class Delay(Layer):
         self.check_state_batch(state.count, x, what)
         self.check_state_buffer(state.buffer, state.count, self.n, x, what)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """``x: (*B, C, *S)`` in, the frame of ``n`` steps ago out (zeros while warming up)."""
         self.check_step_input(x)
         if not self.stateful:

@@ -44,3 +44,7 @@ class UnsupportedModuleError(CofuncError, TypeError):
 def layer_label(layer) -> str:
     """The short name used in error messages, such as ``conv3d(3->8, k=(3, 3, 3))``."""
     return getattr(layer, "label", None) or type(layer).__name__
+
+
+class ParamsError(CofuncError, ValueError):
+    """Params lack a tensor the layer reads, or hold one of another shape (another layer's params)."""

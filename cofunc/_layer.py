@@ -18,13 +18,24 @@ import optree
 import torch
 from torch import Tensor
 
-from ._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError, StreamsOutOfStepError, layer_label
+from ._errors import (
+    ConfigurationError,
+    DTypeDeviceError,
+    InputShapeError,
+    ParamsError,
+    StateError,
+    StreamsOutOfStepError,
+    layer_label,
+)
 
 Params = Mapping[str, Any]
 State = Any
 Shape = Tuple[int, ...]
 
 EMPTY_PARAMS: Mapping[str, Any] = {}
+
+# What a layer's input checks get as the state when the clip `forward` runs (it has none).
+NO_STATE = type("NoState", (), {"__repr__": lambda self: "NO_STATE"})()
 
 # optree namespace for the library's own containers (DESIGN.md section 2).
 TREE_NAMESPACE = "cofunc"
@@ -95,6 +106,20 @@ def tree_where(mask: Tensor, new, old):
     return tree_map(lambda n, o: torch.where(expand_mask(mask, n), n, o), new, old)
 
 
+def zero_invalid(value, valid: Tensor):
+    """``value`` (a tensor ``(*B, ...)`` or a tuple of them) with zeros where ``valid`` ``(*B,)`` is False.
+
+    In eager mode the mask is read once: all valid costs nothing, none valid makes zeros without
+    a select. Under compile, export and vmap the select always runs (branch-free).
+    """
+    if values_are_concrete(valid):
+        if bool(valid.all()):
+            return value
+        if not bool(valid.any()):
+            return map_values(torch.zeros_like, value)
+    return map_values(lambda t: torch.where(expand_mask(valid, t), t, torch.zeros((), dtype=t.dtype, device=t.device)), value)
+
+
 def read_shared_clock(layer: "Layer", counter: Optional[Tensor]) -> int:
     """The number of steps all streams have taken; raise if they differ (host read)."""
     if counter is None:
@@ -161,6 +186,56 @@ def _cached_property(fget, name):
     return property(get)
 
 
+def _memoised_with_rank(fn):
+    """Layers are immutable: the layer for a rank is made once (the nn adapters ask on every call,
+    and a layer made once keeps its cached metadata and params template)."""
+    if getattr(fn, "_cofunc_memoised", False):
+        return fn
+
+    def with_rank(self, rank: int):
+        cache = self.__dict__.setdefault("_with_rank_cache", {})
+        layer = cache.get(rank)
+        if layer is None:
+            layer = cache[rank] = fn(self, rank)
+        return layer
+
+    with_rank._cofunc_memoised = True
+    with_rank.__doc__ = fn.__doc__
+    return with_rank
+
+
+def params_shapes_of(params) -> dict:
+    """The nested dict of shapes of a params tree."""
+    return _shapes(params)
+
+
+def _shapes(params) -> dict:
+    """The nested dict of shapes of a params tree (the template params are checked against)."""
+    return {k: _shapes(v) if isinstance(v, Mapping) else tuple(v.shape) for k, v in params.items()}
+
+
+def _first_mismatch(template: Mapping, params, path: str) -> Optional[str]:
+    """Where ``params`` first differs from ``template`` (missing entries, shapes), or None."""
+    if not isinstance(params, Mapping):
+        where = f"params[{path[:-1]!r}]" if path else "params"
+        return f"{where} should be a dict (from `init_params` or `params_from`), got {type(params).__name__}"
+    for key, want in template.items():
+        name = path + str(key)
+        if key not in params:
+            what = f"a tensor of shape {want}" if isinstance(want, tuple) else "a dict of tensors"
+            return f"params have no {name!r} ({what})"
+        got = params[key]
+        if isinstance(want, Mapping):
+            problem = _first_mismatch(want, got, name + ".")
+            if problem is not None:
+                return problem
+        elif not isinstance(got, Tensor):
+            return f"params[{name!r}] should be a tensor of shape {want}, got {type(got).__name__}"
+        elif tuple(got.shape) != want:
+            return f"params[{name!r}] has shape {tuple(got.shape)}, expected {want}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Layer:
     """A continual layer: static temporal metadata and pure functions over explicit state.
@@ -181,6 +256,8 @@ class Layer:
         # Layers are immutable, so their static metadata is computed once per layer: combinators
         # query their children's metadata on every step, recursively.
         super().__init_subclass__(**kwargs)
+        if "with_rank" in cls.__dict__:
+            cls.with_rank = _memoised_with_rank(cls.__dict__["with_rank"])
         for name in _STATIC_METADATA:
             attr = cls.__dict__.get(name)
             if isinstance(attr, property) and not getattr(attr.fget, "_cofunc_cached", False):
@@ -240,8 +317,43 @@ class Layer:
         return {}
 
     def params_from(self, module: torch.nn.Module) -> Params:
-        """The params of an existing torch.nn module: the same tensors, under the same names."""
+        """The params of an existing torch.nn module: the same tensors, under the same names.
+
+        They are the module's own parameters, so they require grad: stepping with them outside
+        ``torch.no_grad()`` / ``torch.inference_mode()`` records a graph, and a carried state
+        then keeps the graphs of all earlier steps (memory grows with the stream). Step inside
+        ``torch.inference_mode()`` for inference, or carry ``cofunc.detach_state(state)``.
+        """
         return module_params(module)
+
+    def params_shapes(self) -> dict:
+        """The shape of every params entry this layer reads, nested like its params."""
+        return _shapes(self.init_params(device="meta"))
+
+    def check_params(self, params: Params) -> None:
+        """Raise `ParamsError` naming the first entry this layer reads that ``params`` lack or
+        hold with another shape (params of another layer, or empty ones).
+
+        The expected shapes come from `params_shapes` (``init_params(device="meta")``), made once
+        per layer; the last params that passed are remembered, so stepping with the same params
+        checks once. Entries the layer does not read are allowed. Not checked while compiling.
+        """
+        cache = self.__dict__
+        if cache.get("_checked_params") is params or torch.compiler.is_compiling():
+            return
+        template = cache.get("_params_template")
+        if template is None:
+            try:
+                # Outside any vmap (random init is refused there) and on the meta device.
+                with torch._C._DisableFuncTorch(), torch.no_grad():
+                    template = self.params_shapes()
+            except Exception:  # noqa: BLE001 - a layer that cannot describe its params is not checked
+                template = {}
+            cache["_params_template"] = template
+        problem = _first_mismatch(template, params, "")
+        if problem is not None:
+            raise ParamsError(f"{self.label}: {problem}; are these the params of another layer?")
+        cache["_checked_params"] = params
 
     # --- state -------------------------------------------------------------------------------
     def init_state(self, params: Params, input_shape: Sequence[int], *, device=None, dtype=None) -> State:
@@ -275,8 +387,23 @@ class Layer:
 
     # --- computation -------------------------------------------------------------------------
     def step(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
-        """One step: ``x: (*B, C, *S) -> y: (*B, C', *S')`` and the next state."""
-        raise NotImplementedError
+        """One step: ``x: (*B, C, *S) -> y: (*B, C', *S')`` and the next state.
+
+        The output of a stream that did not emit (warming up, or between strided outputs, see
+        `valid`) is zeros, whether the step runs eagerly, vmapped, compiled or exported.
+        """
+        self.check_call(params, state)
+        y, new_state = self._step(params, state, x)
+        if self.delay == 0 and self.stride == 1:  # emits on every step: nothing to mask
+            return y, new_state
+        return zero_invalid(y, self.valid(new_state)), new_state
+
+    def _step(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
+        """`step` without zeroing the outputs that were not emitted (what subclasses implement,
+        and what combinators call on their children: the outermost layer masks once)."""
+        if type(self).step is Layer.step:
+            raise NotImplementedError(f"{type(self).__name__} implements neither `_step` nor `step`")
+        return self.step(params, state, x)  # a subclass that overrides `step` itself
 
     def steps(self, params: Params, state: State, xs: Tensor, pad_end: bool = False) -> Tuple[Tensor, State]:
         """Many steps at once: ``xs: (*B, C, T, *S) -> ys: (*B, C', T', *S')``.
@@ -286,8 +413,16 @@ class Layer:
         appended, while the returned state is the one without the padding, so the stream can
         continue.
         """
+        self.check_call(params, state)
         clock = read_shared_clock(self, self.clock(state))
         return self._steps(params, state, xs, clock, pad_end)
+
+    def check_call(self, params: Params, state: State) -> None:
+        """What `step` and `steps` check before computing: the params, and that a stateful layer
+        got a state (the inputs and the state's contents are checked by each layer)."""
+        self.check_params(params)
+        if state is None and self.stateful:
+            raise StateError(f"{self.label}: expected a state from this layer's `init_state`, got None")
 
     def _steps(self, params: Params, state: State, xs: Tensor, clock: int, pad_end: bool) -> Tuple[Tensor, State]:
         raise NotImplementedError
@@ -349,15 +484,27 @@ class Layer:
                 f"shape {tuple(xs.shape)}"
             )
 
-    def check_state_batch(self, counter: Tensor, x: Tensor, what: str = "step input") -> None:
+    def check_stream_dims(self, streams: Shape, x: Tensor, what: str = "step input") -> None:
+        """``x`` must have the stream dims ``streams`` of the state it is stepped with."""
         rank = self.step_rank
         lead = tuple(x.shape[: x.dim() - (rank if what == "step input" else rank + 1)])
-        if tuple(counter.shape) != lead:
+        if what == "step input" and lead and lead[:-1] == streams:
+            # One dim too many after the streams' own: a clip whose time length happens to pass
+            # the channel check (T == C), not another batch.
+            raise InputShapeError(
+                f"{self.label}: the state's streams have shape {streams}, so a step input has "
+                f"{len(streams) + rank} dims, got shape {tuple(x.shape)} (is there a time axis? "
+                f"`step` takes one frame, `steps` takes clips)"
+            )
+        if streams != lead:
             raise StateError(
-                f"{self.label}: the state was made for streams of shape {tuple(counter.shape)}, but "
+                f"{self.label}: the state was made for streams of shape {streams}, but "
                 f"the {what} has stream dims {lead} (shape {tuple(x.shape)}); re-initialise the "
                 f"state for the new batch"
             )
+
+    def check_state_batch(self, counter: Tensor, x: Tensor, what: str = "step input") -> None:
+        self.check_stream_dims(tuple(counter.shape), x, what)
         if counter.device != x.device:
             raise DTypeDeviceError(
                 f"{self.label}: the state lives on {counter.device} but the {what} on {x.device}"

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import EMPTY_PARAMS, Layer, flatten_params, module_params, with_one_batch_dim
+from ._layer import EMPTY_PARAMS, Layer, flatten_params, module_params, params_shapes_of, with_one_batch_dim
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,6 +62,10 @@ class Lift(Layer):
     def params_from(self, module):
         return module_params(module)
 
+    def params_shapes(self):
+        # The template's own tensors have the shapes (no copy of the module, as init_params makes).
+        return {} if self.template is None else params_shapes_of(_nest(module_params(self.template)))
+
     @property
     def keeps_rank(self) -> bool:
         # A per-frame module may change the rank (a spatial mean, say).
@@ -71,7 +75,7 @@ class Lift(Layer):
     def out_rank(self):
         return self.rank if self.keeps_rank else None
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         self.check_step_input(x)
         if self.pointwise:
             return self.apply(params, x), state

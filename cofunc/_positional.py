@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import Layer, check_dtype_device
+from ._layer import NO_STATE, Layer, check_dtype_device
 
 
 class PositionState(NamedTuple):
@@ -128,11 +128,11 @@ class RecyclingPositionalEncoding(Layer):
         else:
             self.check_step_input(x, self.embed_dim)
         check_dtype_device(self, x, self.table(params), what)
-        if state is not None:
+        if state is not NO_STATE:  # the clip forward keeps no state
             self.check_state_type(state, PositionState)
             self.check_state_batch(state.position, x, what)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """A token ``(*B, E)`` plus its stream's positional embedding; the position advances."""
         self._check(params, state, x, clip=False)
         pe = F.embedding(torch.remainder(state.position, self.num_embeds), self.table(params))  # (*B, E)
@@ -147,7 +147,7 @@ class RecyclingPositionalEncoding(Layer):
 
     def forward(self, params, xs):
         """A clip ``(*B, E, T)`` plus the embeddings of positions ``0 .. T - 1`` (stateless)."""
-        self._check(params, None, xs, clip=True)
+        self._check(params, NO_STATE, xs, clip=True)
         positions = torch.remainder(torch.arange(xs.shape[-1], device=xs.device), self.num_embeds)
         return xs + F.embedding(positions, self.table(params)).transpose(0, 1)
 

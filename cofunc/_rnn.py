@@ -244,12 +244,7 @@ class Recurrent(Layer):
         """``state`` must come from this layer's `init_state` for the streams of ``x``."""
         lead = self.check_state(state)
         what = "clip" if clip else "step input"
-        expected = tuple(x.shape[: x.dim() - 1 - clip])
-        if lead != expected:
-            raise StateError(
-                f"{self.label}: the state was made for streams of shape {lead}, but the {what} has stream "
-                f"dims {expected} (shape {tuple(x.shape)}); re-initialise the state for the new batch"
-            )
+        self.check_stream_dims(tuple(lead), x, what)
         for t in state:
             if t.dtype != x.dtype or t.device != x.device:
                 raise DTypeDeviceError(
@@ -322,7 +317,7 @@ class Recurrent(Layer):
             self.check_step_input(x, self.input_size)
         check_dtype_device(self, x, params.get("weight_ih_l0"), "clip" if clip else "step input")
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One frame ``x: (*B, input_size)`` to ``y: (*B, H_out)`` (the last layer's new ``h``)."""
         self._check_input(params, x, clip=False)
         self._check_state(state, x, clip=False)

@@ -8,7 +8,7 @@ from typing import Mapping, Tuple, Union
 import torch
 
 from ._errors import ConfigurationError, StateError
-from ._layer import EMPTY_PARAMS, Layer, emits_after, emitted, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
+from ._layer import EMPTY_PARAMS, Layer, emits_after, expand_mask, emitted, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
 
 
 def _resolve_ranks(children):
@@ -183,12 +183,21 @@ class Seq(Layer):
             raise StateError(f"{self.label}: expected a tuple of {len(self.children)} child states, got {got}")
 
     def step(self, params, state, x):
+        # The mask of emitting streams is tracked through the children anyway: zero the
+        # non-emitting outputs with it rather than from `valid` (no extra work when all emit).
+        self.check_call(params, state)
+        return self._run(params, state, x, zero_invalid=True)
+
+    def _step(self, params, state, x):
+        return self._run(params, state, x, zero_invalid=False)
+
+    def _run(self, params, state, x, zero_invalid: bool):
         self._check_state(state)
         mask = None  # None: every stream has a real input for the current child
         new_states = list(state)
         y = x
         for i, (name, child) in enumerate(self.children):
-            y, s = child.step(self._child_params(params, i, name), state[i], y)
+            y, s = child._step(self._child_params(params, i, name), state[i], y)
             if mask is not None and child.stateful:
                 s = tree_where(mask, s, state[i])
             new_states[i] = s
@@ -205,6 +214,8 @@ class Seq(Layer):
                         for _, rest in self.children[i + 1:]:
                             shape = rest.step_output_shape(shape)
                         return zeros_of_shape(first_tensor(y), shape), tuple(new_states)
+        if zero_invalid and mask is not None:
+            y = map_values(lambda t: torch.where(expand_mask(mask, t), t, torch.zeros((), dtype=t.dtype, device=t.device)), y)
         return y, tuple(new_states)
 
     def _steps(self, params, state, xs, clock, pad_end):

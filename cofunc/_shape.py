@@ -96,7 +96,7 @@ class Reshape(Layer):
             return 1  # one batch dim, like torch and co
         return x.dim() - rank - clip
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         n = self._lead(x, False)
         y = x.reshape(tuple(x.shape[:n]) + self.shape)
         return (y.contiguous() if self.contiguous else y), state
@@ -169,7 +169,7 @@ class Linear(StatelessAnyRank, Layer):
             return F.linear(x, params["weight"], params.get("bias"))
         return F.linear(x.movedim(dim, -1), params["weight"], params.get("bias")).movedim(-1, dim)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         return self._apply(params, x, False), state
 
     def forward(self, params, xs):

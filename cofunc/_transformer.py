@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ._attention import AttentionState, RetroactiveMHA, SingleOutputMHA, _MultiheadAttention, full_attention, single_query_attention
 from ._errors import ConfigurationError, InputShapeError, StateError
-from ._layer import Layer, check_dtype_device, module_params
+from ._layer import NO_STATE, Layer, check_dtype_device, module_params
 from ._seq import Seq
 
 Activation = Union[str, Callable[[Tensor], Tensor]]
@@ -212,7 +212,7 @@ class _StatefulEncoderLayer(_EncoderBlock):
         else:
             self.check_step_input(x, self.config.d_model)
         check_dtype_device(self, x, self.reference(params), what)
-        if state is None:
+        if state is NO_STATE:  # the clip forward keeps no state
             return
         self.check_state_type(state, EncoderLayerState)
         self.attn._check(params["self_attn"], state.attn, x, clip)
@@ -259,7 +259,7 @@ class SingleOutputEncoderLayer(_StatefulEncoderLayer):
     def step_output_shape(self, input_shape):
         return tuple(input_shape)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One token ``(*B, E)`` -> the output token ``(*B, E)``."""
         self._check(params, state, x, clip=False)
         attn = self.attn
@@ -287,12 +287,14 @@ class SingleOutputEncoderLayer(_StatefulEncoderLayer):
 
     def forward(self, params, xs):
         """A clip ``(*B, E, T)`` -> ``(*B, E, T - N + 1)``: the query token's output for each window."""
-        self._check(params, None, xs, clip=True)
+        self._check(params, NO_STATE, xs, clip=True)
         attn = self.attn
         tokens = xs.transpose(-1, -2)
         a_in = self.attn_input(params, tokens)
         attended = attn.forward_tokens(params["self_attn"], a_in, a_in, a_in)
-        residual = tokens.narrow(-2, attn.query_position, attended.shape[-2])
+        n_out = attended.shape[-2]
+        # A clip shorter than one window has no outputs, as for the attention layers.
+        residual = tokens.narrow(-2, attn.query_position if n_out else 0, n_out)
         return self.finish(params, residual, attended).transpose(-1, -2)
 
 
@@ -324,7 +326,7 @@ class RetroactiveEncoderLayer(_StatefulEncoderLayer):
     def step_output_shape(self, input_shape):
         return tuple(input_shape) + (self.sequence_len,)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One token ``(*B, E)`` -> the window's updated tokens ``(*B, E, N)``."""
         self._check(params, state, x, clip=False)
         a_in = self.attn_input(params, x)
@@ -349,11 +351,13 @@ class RetroactiveEncoderLayer(_StatefulEncoderLayer):
 
     def forward(self, params, xs):
         """A clip ``(*B, E, T)`` -> ``(*B, E, T - N + 1, N)``: every window's output tokens."""
-        self._check(params, None, xs, clip=True)
+        self._check(params, NO_STATE, xs, clip=True)
         tokens = xs.transpose(-1, -2)
         a_in = self.attn_input(params, tokens)
         attended = self.attn.forward_tokens(params["self_attn"], a_in, a_in, a_in)  # (*B, W, N, E)
         n_out = attended.shape[-3]
+        if n_out == 0:  # a clip shorter than one window: no outputs, as for the attention layers
+            return attended.movedim(-1, -3)
         residual = tokens.narrow(-2, 0, n_out + self.sequence_len - 1).unfold(-2, self.sequence_len, 1)
         return self.finish(params, residual.transpose(-1, -2), attended).movedim(-1, -3)
 
@@ -415,7 +419,7 @@ class WindowEncoderLayer(_EncoderBlock):
         attended = single_query_attention(self.attn, params["self_attn"], a_in.select(-2, pos), a_in)
         return self.finish(params, tokens.select(-2, pos), attended)
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         self.check_step_input(x, self.config.d_model)
         check_dtype_device(self, x, self.reference(params))
         ys = self._apply(params, x.transpose(-1, -2))
@@ -477,7 +481,7 @@ class ChannelLayerNorm(Layer):
         rank = 1 if self.rank is None else self.rank
         return -rank - clip
 
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         return self._apply(params, x, self._axis(False)), state
 
     def forward(self, params, xs):

@@ -103,7 +103,7 @@ class WindowLayer(Layer):
             self.check_state_buffer(state.buffer, state.count, self.receptive_field - 1, x, what, self.expected_channels)
 
     # --- computation --------------------------------------------------------------------------
-    def step(self, params, state, x):
+    def _step(self, params, state, x):
         """One frame ``x: (*B, C, *S)`` to one output frame ``(*B, C', *S')``."""
         self._check(params, state, x, clip=False)
         axis = -self.step_rank

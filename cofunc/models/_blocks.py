@@ -121,8 +121,8 @@ class Remap(Layer):
     def valid(self, state):
         return self.inner.valid(state)
 
-    def step(self, params, state, x):
-        return self.inner.step(self.view(params), state, x)
+    def _step(self, params, state, x):
+        return self.inner._step(self.view(params), state, x)
 
     def steps(self, params, state, xs, pad_end=False):
         return self.inner.steps(self.view(params), state, xs, pad_end)

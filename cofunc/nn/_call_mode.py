@@ -2,26 +2,45 @@
 
 Modes are ``"forward"`` (the clip), ``"forward_step"`` and ``"forward_steps"``. A mode set with
 ``with call_mode(...)`` wins over a module's own ``call_mode`` attribute; contexts nest as a
-stack (the innermost wins, leaving restores the outer one) and each thread has its own stack.
+stack (the innermost wins, leaving restores the outer one). The stack lives in a context variable,
+so each thread and each asyncio task has its own: a task inside ``call_mode("forward_step")``
+never changes what another task sees (a task started inside the block inherits its mode).
 """
 
 from __future__ import annotations
 
-import threading
-from typing import List, Optional, Union
+import contextvars
+from typing import Optional, Tuple, Union
 
 from .._errors import ConfigurationError
 
 CALL_MODES = ("forward", "forward_steps", "forward_step")  # co's order: 0, 1, 2
 
-_local = threading.local()
+# An immutable tuple per context: entering pushes by setting a longer tuple, leaving sets the
+# shorter one back, so no token has to travel with the (reusable, shared) context objects.
+_modes: contextvars.ContextVar[Tuple[str, ...]] = contextvars.ContextVar("cofunc_call_modes", default=())
 
 
-def _stack() -> List[str]:
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    return stack
+class _ContextStack:
+    """The current context's stack of modes, with a list's ``append`` and ``pop``."""
+
+    def append(self, mode: str) -> None:
+        _modes.set(_modes.get() + (mode,))
+
+    def pop(self) -> str:
+        stack = _modes.get()
+        _modes.set(stack[:-1])
+        return stack[-1]
+
+    def __len__(self) -> int:
+        return len(_modes.get())
+
+
+_context_stack = _ContextStack()
+
+
+def _stack() -> _ContextStack:
+    return _context_stack
 
 
 def normalise_call_mode(mode: Union[str, int, "call_mode"]) -> str:
@@ -41,8 +60,8 @@ def normalise_call_mode(mode: Union[str, int, "call_mode"]) -> str:
 
 
 def current_call_mode() -> Optional[str]:
-    """The innermost active ``with call_mode(...)`` mode of this thread, or None."""
-    stack = _stack()
+    """The innermost active ``with call_mode(...)`` mode of this context (thread or task), or None."""
+    stack = _modes.get()
     return stack[-1] if stack else None
 
 

@@ -252,6 +252,7 @@ class ContinualModule(nn.Module):
         strided step. ``update_state=False`` leaves the stored state as it was."""
         self._check_step_mode()
         like = first_tensor(input)
+        _check_tensor(self, like, "forward_step")
         layer = self._layer_for(like.dim() - 1, "forward_step")
         _check_one_batch_dim(layer, like, clip=False)
         with _forward_mode:
@@ -270,6 +271,7 @@ class ContinualModule(nn.Module):
         without storing the padded state."""
         self._check_step_mode()
         like = first_tensor(input)
+        _check_tensor(self, like, "forward_steps")
         layer = self._layer_for(like.dim() - 2, "forward_steps")
         _check_one_batch_dim(layer, like, clip=True)
         with _forward_mode:
@@ -411,6 +413,12 @@ def _without_history(state):
     so gradients flow within a call; they do not flow into earlier calls (as truncated BPTT).
     """
     return tree_map(lambda t: t.detach(), state)
+
+
+def _check_tensor(module: nn.Module, x, method: str) -> None:
+    if not isinstance(x, Tensor):
+        form = "a frame (B, C, *S)" if method == "forward_step" else "a clip (B, C, T, *S)"
+        raise InputShapeError(f"{type(module).__name__}.{method}: expected {form} tensor, got {type(x).__name__}")
 
 
 def _check_one_batch_dim(layer: Layer, x: Tensor, clip: bool) -> None:
