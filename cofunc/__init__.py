@@ -29,6 +29,7 @@ from ._errors import (
     DTypeDeviceError,
     InputShapeError,
     StateError,
+    StreamIdError,
     StreamsOutOfStepError,
     UnsupportedModuleError,
 )
@@ -61,6 +62,8 @@ from ._pool import (
 )
 from ._positional import PositionState, RecyclingPositionalEncoding, cyclic_positional_encoding, recycling_positional_encoding
 from ._profile import Profile, count_macs, profile
+from ._runner import StreamOutput, StreamRunner, StreamSnapshot
+from ._slots import StreamSlots, StreamState
 from ._rnn import LSTMState, Recurrent, RNNState, gru, lstm, rnn
 from ._seq import Seq, seq
 from ._serialize import load_state, save_state
@@ -122,6 +125,12 @@ __all__ = [
     "SingleOutputMHA",
     "StateError",
     "StepModule",
+    "StreamIdError",
+    "StreamOutput",
+    "StreamRunner",
+    "StreamSlots",
+    "StreamSnapshot",
+    "StreamState",
     "StreamsOutOfStepError",
     "UnsupportedModuleError",
     "WindowEncoderLayer",

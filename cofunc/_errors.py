@@ -31,6 +31,10 @@ class StreamsOutOfStepError(CofuncError, ValueError):
     """An operation that needs one shared clock got streams at different positions."""
 
 
+class StreamIdError(CofuncError, LookupError):
+    """A stream runner was asked to open an id that is open, or to use one that is not."""
+
+
 class UnsupportedModuleError(CofuncError, TypeError):
     """`continual(module)` met a torch.nn module type it has no converter for."""
 
