@@ -149,7 +149,8 @@ class StreamRunner:
         self._metrics = RunnerMetrics(metrics_window, log_interval)
 
     def __repr__(self) -> str:
-        return (f"StreamRunner({self.layer.label}, frame_shape={self.frame_shape}, {self.dtype}, {self.device}, "
+        label = self.layer.label if len(self.layer.label) <= 60 else self.layer.label[:57] + "..."
+        return (f"StreamRunner({label}, frame_shape={self.frame_shape}, {self.dtype}, {self.device}, "
                 f"streams={len(self)}, capacity={self.slots.capacity}, pending={self.pending()}, "
                 f"compiled={self.slots.compiled})")
 

@@ -82,7 +82,7 @@ class StreamSlots:
         self.min_capacity = _next_power_of_two(max(1, int(min_capacity)))
         self.compiled = compile
         self._tick = tick_fn(layer, compile, **(compile_kwargs or {}))
-        self.capacities_used = set()
+        self.capacities_used = set()  # batch sizes stepped (compiled: one graph each)
         self.slot_of: Dict[StreamId, int] = {}
         self._free: List[int] = []
         self.capacity = 0
@@ -191,18 +191,39 @@ class StreamSlots:
     def tick(self, slots: Sequence[int], frames: Tensor) -> Tuple[Tensor, Tensor]:
         """Step ``slots`` with ``frames: (len(slots), C, *S)``, pausing every other slot.
 
-        Returns ``(y, valid)`` for the given slots, in their order.
+        Returns ``(y, valid)`` for the given slots, in their order. The step runs on a batch of
+        the next power of two of ``len(slots)`` streams: all slots when that is the capacity
+        (paused ones masked), otherwise the stepped slots taken out of the state (filled up with
+        paused ones, masked) and put back, so idle slots cost nothing and a compiled step sees
+        at most ``log2(capacity) + 1`` batch shapes.
         """
-        index = torch.as_tensor(slots, dtype=torch.long, device=self.device)
+        n = len(slots)
         frames = frames.to(self.device)
-        if len(slots) == self.capacity and all(s == i for i, s in enumerate(slots)):
-            x = frames
-            active = torch.ones(self.capacity, dtype=torch.bool, device=self.device)
-        else:
-            x = frames.new_zeros((self.capacity,) + self.frame_shape).index_copy_(0, index, frames)
-            active = torch.zeros(self.capacity, dtype=torch.bool, device=self.device).index_fill_(0, index, True)
-        self.capacities_used.add(self.capacity)
+        bucket = _next_power_of_two(n)
         with torch.no_grad():
-            y, valid, self.state = self._tick(self.params, self.state, x, active)
-        valid = torch.broadcast_to(valid, (self.capacity,))
-        return y.index_select(0, index), valid.index_select(0, index)
+            if n == self.capacity and all(s == i for i, s in enumerate(slots)):
+                return self._step_all(frames, torch.ones(n, dtype=torch.bool, device=self.device), n)
+            index = torch.as_tensor(slots, dtype=torch.long, device=self.device)
+            if bucket >= self.capacity:
+                x = frames.new_zeros((self.capacity,) + self.frame_shape).index_copy_(0, index, frames)
+                active = torch.zeros(self.capacity, dtype=torch.bool, device=self.device).index_fill_(0, index, True)
+                y, valid = self._step_all(x, active, self.capacity)
+                return y.index_select(0, index), valid.index_select(0, index)
+            # A sub-batch: the stepped slots, then paused ones up to the bucket size.
+            chosen = set(slots)
+            fill = [s for s in range(self.capacity) if s not in chosen][: bucket - n]
+            index = torch.as_tensor(list(slots) + fill, dtype=torch.long, device=self.device)
+            x = torch.cat([frames, frames.new_zeros((bucket - n,) + self.frame_shape)]) if fill else frames
+            active = torch.arange(bucket, device=self.device) < n
+            self.capacities_used.add(bucket)
+            sub = take_streams(self.state, index) if self._stateful else self.state
+            y, valid, sub = self._tick(self.params, sub, x, active)
+            if self._stateful:
+                self.state = put_streams(self.state, index, sub)
+            valid = torch.broadcast_to(valid, (bucket,))
+            return y[:n], valid[:n]
+
+    def _step_all(self, x: Tensor, active: Tensor, n: int) -> Tuple[Tensor, Tensor]:
+        self.capacities_used.add(self.capacity)
+        y, valid, self.state = self._tick(self.params, self.state, x, active)
+        return y, torch.broadcast_to(valid, (n,))

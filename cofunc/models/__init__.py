@@ -13,6 +13,7 @@ with ``load_state_dict``, no conversion needed.
 """
 
 from ._blocks import ResBlock, SqueezeExcitation, Swish, VideoNet
+from ._preprocessing import VideoPreprocessing, video_preprocessing
 from .oadtr import OadTR, oadtr
 from .resnet3d import i3d_r50, slow_r50
 from .skeleton import SkeletonNet, agcn, s_tr, st_gcn
@@ -25,11 +26,13 @@ __all__ = [
     "SqueezeExcitation",
     "Swish",
     "VideoNet",
+    "VideoPreprocessing",
     "agcn",
     "i3d_r50",
     "oadtr",
     "s_tr",
     "slow_r50",
     "st_gcn",
+    "video_preprocessing",
     "x3d",
 ]
