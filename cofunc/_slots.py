@@ -70,6 +70,16 @@ class StreamSlots:
 
     ``tick(slots, frames)`` steps the given slots with ``frames: (len(slots), C, *S)`` and
     returns ``(y, valid)`` for those slots, ``y: (len(slots), *out)``.
+
+    Example:
+        >>> import torch, cofunc
+        >>> layer = cofunc.conv1d(2, 3, 2)
+        >>> slots = cofunc.StreamSlots(layer, layer.init_params(), (2,))
+        >>> a, b = slots.open("a"), slots.open("b")
+        >>> y, valid = slots.tick([a], torch.randn(1, 2))  # "b" is paused
+        >>> y, valid = slots.tick([a, b], torch.randn(2, 2))
+        >>> valid.tolist(), slots.capacity
+        ([True, False], 4)
     """
 
     def __init__(self, layer: Layer, params: Params, frame_shape: Sequence[int], *, device=None, dtype=None,
@@ -81,7 +91,8 @@ class StreamSlots:
         self.dtype = dtype if dtype is not None else torch.get_default_dtype()
         self.min_capacity = _next_power_of_two(max(1, int(min_capacity)))
         self.compiled = compile
-        self._tick = tick_fn(layer, compile, **(compile_kwargs or {}))
+        self._compile_kwargs = dict(compile_kwargs or {})
+        self._tick = tick_fn(layer, compile, **self._compile_kwargs)
         self.capacities_used = set()  # batch sizes stepped (compiled: one graph each)
         self.slot_of: Dict[StreamId, int] = {}
         self._free: List[int] = []
@@ -90,6 +101,20 @@ class StreamSlots:
         self._fresh_one = self.init_state(1)
         self._stateful = bool(optree.tree_leaves(self._fresh_one, namespace=TREE_NAMESPACE))
         self._resize(self.min_capacity)
+
+    def __repr__(self) -> str:
+        return (f"StreamSlots({len(self.slot_of)} streams in {self.capacity} slots, frame_shape={self.frame_shape}, "
+                f"{self.dtype}, {self.device}, compiled={self.compiled})")
+
+    def __getstate__(self):
+        # The step function is rebuilt on unpickling (a compiled one cannot be pickled).
+        state = dict(self.__dict__)
+        del state["_tick"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tick = tick_fn(self.layer, self.compiled, **self._compile_kwargs)
 
     # --- state bookkeeping ------------------------------------------------------------------
     def init_state(self, n: int):

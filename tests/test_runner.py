@@ -413,3 +413,23 @@ def test_compiled_runner_recompiles_once_per_batch_size():
     assert sizes <= {1, 2, 4, 8, 16}
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] <= len(sizes)
     assert runner.metrics()["compiled_capacities"] == len(sizes)
+
+
+def test_a_pickled_runner_continues_its_streams():
+    import pickle
+
+    layer, params = small_net()
+    runner = cofunc.StreamRunner(layer, params, frame_shape=(2,))
+    runner.open("a")
+    frames = torch.randn(7, 2, dtype=torch.float64)
+    for f in frames[:3]:
+        runner.push("a", f)
+    runner.tick()
+    copy = pickle.loads(pickle.dumps(runner))
+    assert repr(copy) == repr(runner) and copy.pending("a") == 2
+    for r in (runner, copy):
+        for f in frames[3:]:
+            r.push("a", f)
+    a, b = runner.run(), copy.run()
+    assert [(o.frame, o.index) for o in a] == [(o.frame, o.index) for o in b] and len(a) == 2
+    assert all(torch.equal(x.value, y.value) for x, y in zip(a, b))
