@@ -418,7 +418,8 @@ def test_compiled_runner_recompiles_once_per_batch_size():
 def test_a_pickled_runner_continues_its_streams():
     import pickle
 
-    layer, params = small_net()
+    layer = cofunc.seq(cofunc.conv1d(2, 3, 3, padding=1), cofunc.conv1d(3, 2, 3, stride=2, padding=1))
+    params = cofunc.tree_map(lambda t: t.double(), layer.init_params())  # (lifted lambdas do not pickle)
     runner = cofunc.StreamRunner(layer, params, frame_shape=(2,))
     runner.open("a")
     frames = torch.randn(7, 2, dtype=torch.float64)
