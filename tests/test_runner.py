@@ -432,5 +432,5 @@ def test_a_pickled_runner_continues_its_streams():
         for f in frames[3:]:
             r.push("a", f)
     a, b = runner.run(), copy.run()
-    assert [(o.frame, o.index) for o in a] == [(o.frame, o.index) for o in b] and len(a) == 2
+    assert [(o.frame, o.index) for o in a] == [(o.frame, o.index) for o in b] and len(a) == 3
     assert all(torch.equal(x.value, y.value) for x, y in zip(a, b))
