@@ -31,6 +31,7 @@ from ._errors import (
     InputShapeError,
     ParamsError,
     StateError,
+    StreamIdError,
     StreamsOutOfStepError,
     UnsupportedModuleError,
 )
@@ -63,6 +64,8 @@ from ._pool import (
 )
 from ._positional import PositionState, RecyclingPositionalEncoding, cyclic_positional_encoding, recycling_positional_encoding
 from ._profile import Profile, count_macs, profile
+from ._runner import StreamOutput, StreamRunner, StreamSnapshot
+from ._slots import StreamSlots, StreamState
 from ._rnn import LSTMState, Recurrent, RNNState, gru, lstm, rnn
 from ._seq import Seq, seq
 from ._serialize import load_state, save_state
@@ -126,6 +129,12 @@ __all__ = [
     "SingleOutputMHA",
     "StateError",
     "StepModule",
+    "StreamIdError",
+    "StreamOutput",
+    "StreamRunner",
+    "StreamSlots",
+    "StreamSnapshot",
+    "StreamState",
     "StreamsOutOfStepError",
     "UnsupportedModuleError",
     "WindowEncoderLayer",

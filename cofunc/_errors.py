@@ -37,6 +37,10 @@ class CheckpointError(CofuncError, ValueError):
     """A published checkpoint has keys or shapes the target model or converter does not expect."""
 
 
+class StreamIdError(CofuncError, LookupError):
+    """A stream runner was asked to open an id that is open, or to use one that is not."""
+
+
 class UnsupportedModuleError(CofuncError, TypeError):
     """`continual(module)` met a torch.nn module type it has no converter for."""
 

@@ -17,6 +17,7 @@ with ``load_state_dict``, no conversion needed.
 from cofunc._errors import CheckpointError
 
 from ._blocks import ResBlock, SqueezeExcitation, Swish, VideoNet
+from ._preprocessing import VideoPreprocessing, video_preprocessing
 from .checkpoints import from_continual_skeletons, from_cooadtr, from_slowfast_x3d
 from .oadtr import OadTR, oadtr
 from .resnet3d import i3d_r50, slow_r50
@@ -31,6 +32,7 @@ __all__ = [
     "SqueezeExcitation",
     "Swish",
     "VideoNet",
+    "VideoPreprocessing",
     "agcn",
     "from_continual_skeletons",
     "from_cooadtr",
@@ -40,5 +42,6 @@ __all__ = [
     "s_tr",
     "slow_r50",
     "st_gcn",
+    "video_preprocessing",
     "x3d",
 ]

@@ -387,6 +387,14 @@ class VideoNet(cn.Sequential):
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
+    @property
+    def preprocessing(self):
+        """The published model's frame preprocessing (a `VideoPreprocessing`: frame rate,
+        resize, crop, normalisation), scaled to this model's ``crop_size``."""
+        from ._preprocessing import video_preprocessing
+
+        return video_preprocessing(self.config)
+
 
 # --- weight initialisation --------------------------------------------------------------------
 
