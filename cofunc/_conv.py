@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -249,7 +249,7 @@ class Conv(WindowLayer):
         return conv(x, w, bias, stride, 0, dilation, self.groups)
 
 
-def _make(dims):
+def _make(dims: int) -> Callable[..., Conv]:
     def make(
         in_channels: int,
         out_channels: int,
