@@ -26,7 +26,7 @@ Shape = Tuple[int, ...]
 
 EMPTY_PARAMS: Mapping[str, Any] = {}
 
-# optree namespace for the library's own containers (DESIGN.md section 2).
+# optree namespace for the library's own containers (docs/design.md, section 4).
 TREE_NAMESPACE = "cofunc"
 
 
