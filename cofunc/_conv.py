@@ -268,7 +268,7 @@ def _make(dims: int) -> Callable[..., Conv]:
 
 
 conv1d = _make(1)
-conv1d.__name__ = "conv1d"
+conv1d.__name__ = conv1d.__qualname__ = "conv1d"  # the name pickle and docs tools look up
 conv1d.__doc__ = """A continual ``Conv1d``: clips ``(*B, C, T)``, steps ``(*B, C)``.
 
 Example:
@@ -281,7 +281,7 @@ Example:
     (torch.Size([5, 4]), 1)
 """
 conv2d = _make(2)
-conv2d.__name__ = "conv2d"
+conv2d.__name__ = conv2d.__qualname__ = "conv2d"  # the name pickle and docs tools look up
 conv2d.__doc__ = """A continual ``Conv2d`` over ``(time, space)``: clips ``(*B, C, T, S)``, steps ``(*B, C, S)``.
 
 Example:
@@ -292,7 +292,7 @@ Example:
     torch.Size([1, 4, 8, 25])
 """
 conv3d = _make(3)
-conv3d.__name__ = "conv3d"
+conv3d.__name__ = conv3d.__qualname__ = "conv3d"  # the name pickle and docs tools look up
 conv3d.__doc__ = """A continual ``Conv3d`` over ``(time, height, width)``: clips ``(*B, C, T, H, W)``, steps ``(*B, C, H, W)``.
 
 Example:
