@@ -50,6 +50,10 @@ test-quick: venv
 bench: venv
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
+# Re-execute the notebooks in place, so that the committed files show their outputs and figures.
+notebooks: venv
+	$(PY) notebooks/execute.py
+
 # The documentation site (mkdocs.yml): the README, docs/*.md, the API reference from the
 # docstrings and the executed notebooks, into site/. Warnings are errors.
 docs: venv

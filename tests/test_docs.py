@@ -1,6 +1,7 @@
 """The documentation site builds with warnings as errors and holds what it promises: the guide,
 the design notes, the API reference of the three packages, and every notebook with its figures."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
                             cwd=ROOT, capture_output=True, text=True, timeout=900,
-                            env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+                            env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 
@@ -41,3 +42,11 @@ def test_api_reference_documents_public_names(site, page, names):
         assert f'id="{name}"' in html, name
     assert "language-pycon" in html or "&gt;&gt;&gt;" in html  # the docstrings' examples are rendered
 
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_pages_show_their_figures(site, path):
+    html = (site / "notebooks" / path.stem / "index.html").read_text()
+    # nbconvert inlines figures as <img src="data:image/png;base64,...">; its CSS has other data URLs.
+    assert '<img src="data:image/png;base64' in html
