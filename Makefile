@@ -13,7 +13,7 @@ PV_PINS := torch==2.14.1 torchvision==0.29.1 pytorchvideo==0.1.5 numpy optree py
 PV_STAMP := $(PV_VENV)/.installed-$(shell echo "$(PV_PINS)" | cksum | cut -d' ' -f1)
 PYTEST_WORKERS ?= 2
 
-.PHONY: venv venv-pv demo test test-quick test-pytorchvideo bench clean
+.PHONY: venv venv-pv demo test test-quick test-pytorchvideo bench docs notebooks clean
 
 venv: $(STAMP)
 
@@ -50,5 +50,14 @@ test-quick: venv
 bench: venv
 	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
 
+# Re-execute the notebooks in place, so that the committed files show their outputs and figures.
+notebooks: venv
+	$(PY) notebooks/execute.py
+
+# The documentation site (mkdocs.yml): the README, docs/*.md, the API reference from the
+# docstrings and the executed notebooks, into site/. Warnings are errors.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) $(PV_VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(PV_VENV) .pytest_cache .hypothesis .mypy_cache site

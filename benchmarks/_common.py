@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import tabulate
 import torch
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ def bench_interleaved(
     it is the compute cost, immune to being descheduled (with more threads it adds up the
     threads' CPU time, spin-waiting included, so it is not a latency).
 
-    ``progress_every`` (seconds): print the count of kept and discarded rounds to stderr that often.
+    ``progress_every`` (seconds): show a progress bar of kept (and discarded) rounds on stderr,
+    refreshed at most that often (tqdm; None: no bar).
 
     Returns a `BenchResult`: ``{name: Timing}`` with ``Timing.samples`` of shape ``(rounds,)``.
     """
@@ -106,11 +109,9 @@ def bench_interleaved(
     deadline = time.monotonic() + max_seconds
     other: List[float] = []
     r = 0
-    next_report = time.monotonic() + (progress_every or float("inf"))
+    progress = tqdm(total=rounds, desc="rounds kept", unit="round", file=sys.stderr, leave=False,
+                    disable=progress_every is None, mininterval=progress_every or 0.1)
     while result.rounds_kept < rounds:
-        if time.monotonic() >= next_report:
-            next_report += progress_every
-            print(f"  rounds kept {result.rounds_kept}/{rounds}, discarded {result.rounds_discarded}", file=sys.stderr)
         shift = r % len(names)
         r += 1
         this_round = {}
@@ -124,12 +125,15 @@ def bench_interleaved(
         if max_other_cores is not None and load.cores > max_other_cores:
             if time.monotonic() < deadline:
                 result.rounds_discarded += 1
+                progress.set_postfix(discarded=result.rounds_discarded, refresh=False)
                 continue
             result.rounds_disturbed += 1
         result.rounds_kept += 1
+        progress.update(1)
         other.append(load.cores)
         for name in names:
             samples[name].append(this_round[name])
+    progress.close()
     result.update((name, Timing(np.asarray(samples[name]))) for name in names)
     result.other_cores = float(np.mean(other))
     return result
@@ -166,13 +170,14 @@ def environment(threads: int) -> List[str]:
 
 
 def render_table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> List[str]:
-    """The lines of a markdown table."""
-    lines = ["| " + " | ".join(str(h) for h in header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    """The lines of a markdown table (tabulate's GitHub format: columns padded to align, so the
+    file reads as a table in a terminal too). Cells are printed as given (no number parsing)."""
     for row in rows:
         if len(row) != len(header):
             raise ValueError(f"a table row has {len(row)} cells but the header has {len(header)}: {list(row)}")
-        lines.append("| " + " | ".join(str(c) for c in row) + " |")
-    return lines
+    text = tabulate.tabulate([[str(c) for c in row] for row in rows], [str(h) for h in header],
+                             tablefmt="github", disable_numparse=True)
+    return text.splitlines()
 
 
 def _busy_cpu_seconds() -> Optional[float]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -249,7 +249,7 @@ class Conv(WindowLayer):
         return conv(x, w, bias, stride, 0, dilation, self.groups)
 
 
-def _make(dims):
+def _make(dims: int) -> Callable[..., Conv]:
     def make(
         in_channels: int,
         out_channels: int,
@@ -268,7 +268,7 @@ def _make(dims):
 
 
 conv1d = _make(1)
-conv1d.__name__ = "conv1d"
+conv1d.__name__ = conv1d.__qualname__ = "conv1d"  # the name pickle and docs tools look up
 conv1d.__doc__ = """A continual ``Conv1d``: clips ``(*B, C, T)``, steps ``(*B, C)``.
 
 Example:
@@ -281,7 +281,7 @@ Example:
     (torch.Size([5, 4]), 1)
 """
 conv2d = _make(2)
-conv2d.__name__ = "conv2d"
+conv2d.__name__ = conv2d.__qualname__ = "conv2d"  # the name pickle and docs tools look up
 conv2d.__doc__ = """A continual ``Conv2d`` over ``(time, space)``: clips ``(*B, C, T, S)``, steps ``(*B, C, S)``.
 
 Example:
@@ -292,7 +292,7 @@ Example:
     torch.Size([1, 4, 8, 25])
 """
 conv3d = _make(3)
-conv3d.__name__ = "conv3d"
+conv3d.__name__ = conv3d.__qualname__ = "conv3d"  # the name pickle and docs tools look up
 conv3d.__doc__ = """A continual ``Conv3d`` over ``(time, height, width)``: clips ``(*B, C, T, H, W)``, steps ``(*B, C, H, W)``.
 
 Example:

@@ -37,7 +37,7 @@ EMPTY_PARAMS: Mapping[str, Any] = {}
 # What a layer's input checks get as the state when the clip `forward` runs (it has none).
 NO_STATE = type("NoState", (), {"__repr__": lambda self: "NO_STATE"})()
 
-# optree namespace for the library's own containers (DESIGN.md section 2).
+# optree namespace for the library's own containers (docs/design.md, section 4).
 TREE_NAMESPACE = "cofunc"
 
 

@@ -268,7 +268,7 @@ def _pool_maker(kind: str, dims: int):
     else:
         def make(kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None) -> Pool:
             return Pool("avg", dims, kernel_size, stride, padding, 1, ceil_mode, count_include_pad, divisor_override)
-    make.__name__ = f"{kind}_pool{dims}d"
+    make.__name__ = make.__qualname__ = f"{kind}_pool{dims}d"  # the name pickle and docs tools look up
     make.__doc__ = f"""A continual ``{'Max' if kind == 'max' else 'Avg'}Pool{dims}d`` with torch.nn's arguments (time first).
 
     Example:
@@ -288,7 +288,7 @@ def _adaptive_maker(kind: str, dims: int):
     def make(output_size, kernel_size: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> AdaptivePool:
         return AdaptivePool(kind, dims, output_size, kernel_size, stride, padding, dilation)
 
-    make.__name__ = f"adaptive_{kind}_pool{dims}d"
+    make.__name__ = make.__qualname__ = f"adaptive_{kind}_pool{dims}d"
     make.__doc__ = f"""A continual ``Adaptive{'Max' if kind == 'max' else 'Avg'}Pool{dims}d`` over windows of ``kernel_size`` frames.
 
     ``output_size[0]`` must be 1 (or None); the spatial sizes are adaptive as in torch.nn.

@@ -1,4 +1,4 @@
-"""``seq(...)``: sequential composition with exact temporal arithmetic (DESIGN.md section 3)."""
+"""``seq(...)``: sequential composition with exact temporal arithmetic (docs/design.md, section 3)."""
 
 from __future__ import annotations
 

@@ -15,18 +15,18 @@ The demo
    window at every frame: MACs (`cofunc.profile`, `cofunc.count_macs`; FLOPs = 2 x MACs) and
    latency (median wall time, batch 1).
 
-Run: ``python -m cofunc.demo [--frames 48] [--size 160] [--repeats 15] [--threads 1]``. The
+Run: ``python -m cofunc.demo [--frames 48] [--size 160] [--min-time 1.0] [--threads 1]``. The
 default is the published frame size; with one thread it takes about 15-30 s on a small CPU.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
 from torch import nn
+from torch.utils import benchmark
 
 from cofunc import count_macs, profile
 from cofunc.models import x3d
@@ -79,20 +79,18 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def _median_ms(fn, min_time: float) -> float:
+    """The median wall time of ``fn()`` in ms (torch.utils.benchmark: blocks of calls for at
+    least ``min_time`` seconds, with the current torch thread count)."""
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_time).median * 1e3
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=48, help="frames of the streamed video (more than the delay, 40)")
     parser.add_argument("--size", type=int, default=160, help="frame size (X3D-S: 160)")
-    parser.add_argument("--repeats", type=int, default=15, help="timed calls per candidate")
+    parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed calls per candidate")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (batch-1 steps are many small ops)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -148,8 +146,8 @@ def main(argv=None) -> int:
         for _ in range(3):  # warm every shape (oneDNN's first calls are slow)
             continual.forward_step(frame)
             regular(window)
-        step_ms = _median_ms(lambda: continual.forward_step(frame), args.repeats)
-        window_ms = _median_ms(lambda: regular(window), max(3, args.repeats // 3))
+        step_ms = _median_ms(lambda: continual.forward_step(frame), args.min_time)
+        window_ms = _median_ms(lambda: regular(window), args.min_time)
     print("3. per prediction (batch 1):")
     rows = [("continual CoX3D-S, one step", p.macs_per_prediction, step_ms),
             (f"regular X3D-S on its {CLIP}-frame window", regular_macs, window_ms)]

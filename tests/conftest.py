@@ -20,8 +20,8 @@ from torch import Tensor, nn
 import cofunc
 
 # Hypothesis: modest example counts (2 shared cores; the whole suite must stay within minutes)
-# and no deadline (the first conv call of a new shape can take tens of ms, see
-# TORCH_FUNC_NOTES.md). `HYPOTHESIS_PROFILE=thorough` runs more examples locally.
+# and no deadline (the first conv call of a new shape can take tens of ms while torch picks
+# its kernel). `HYPOTHESIS_PROFILE=thorough` runs more examples locally.
 settings.register_profile(
     "cofunc",
     max_examples=25,
@@ -123,7 +123,7 @@ def step_through(layer, params, xs: Tensor, state=None, out_layer=None) -> Stepp
 
 
 def expected_flags(delay: int, stride: int, n_steps: int, start: int = 0) -> List[bool]:
-    """DESIGN.md section 3: steps ``start .. start + n_steps - 1`` (0-based) emit iff at least
+    """docs/design.md, section 3: steps ``start .. start + n_steps - 1`` (0-based) emit iff at least
     ``delay`` steps came before and the step is a multiple of ``stride`` after the first."""
     return [t >= delay and (t - delay) % stride == 0 for t in range(start, start + n_steps)]
 

@@ -3,7 +3,7 @@ closures, Skip, Reshape and the containers: with the same options and weights, c
 modules return ``None`` at the same steps and the same outputs otherwise, and the same
 ``forward_steps`` outputs.
 
-Where co is wrong (DESIGN.md section 7, CO_REFERENCE.md section 1.3), cofunc is compared with
+Where co is wrong (docs/design.md, section 7), cofunc is compared with
 torch.nn instead, and a test shows the difference: max pooling padded with zeros, temporal
 dilation in pooling, ``count_include_pad=False`` and ``ceil_mode`` ignored when stepping,
 shrunk residuals crashing in ``forward_steps``, ``Reshape`` shapes that include the batch size,
@@ -221,7 +221,7 @@ CLOSURES = {
 @pytest.mark.parametrize("name", sorted(CLOSURES))
 def test_closures_and_skip_equal_co(name):
     """Same outputs at the same steps. ``Skip(3).delay`` differs on purpose: co reports 0
-    although its first 3 steps are empty; cofunc's delay counts them (DESIGN.md section 3)."""
+    although its first 3 steps are empty; cofunc's delay counts them (docs/design.md, section 3)."""
     ours, theirs = CLOSURES[name](cn), CLOSURES[name](co)
     xs = torch.randn(2, 3, 6, 2, dtype=F64)
     torch.testing.assert_close(ours(xs), theirs(xs))
@@ -250,7 +250,7 @@ def paired(build, seed=0):
     """The same container from co and cofunc.nn (``build(lib)``), with co's weights loaded.
 
     The keys agree except where co's auto-delay wrapped a branch as ``Sequential(m, Delay)``
-    and so added a ``.0.`` level; cofunc adds none (DESIGN.md section 2)."""
+    and so added a ``.0.`` level; cofunc adds none (docs/design.md, section 2)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.manual_seed(seed)

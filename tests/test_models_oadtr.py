@@ -211,7 +211,7 @@ def test_co_steps_agree():
         n = want.shape[2] if num_layers == 1 else N - 1
         torch.testing.assert_close(got[:, :, :n], want[:, :, :n])
         if num_layers == 2:
-            # co's known defect (CO_REFERENCE.md): should this fail, co was fixed, and every
+            # co's known defect (docs/design.md, section 7): should this fail, co was fixed, and every
             # output can be compared.
             assert not torch.allclose(got[:, :, n:], want[:, :, n:])
 

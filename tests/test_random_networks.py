@@ -12,7 +12,7 @@ sum or mul). Networks are valid by design:
   optionally followed by stride-1 "same" layers, so every branch outputs
   ``(T - 1) // s + 1`` frames;
 - residual modules have stride 1, equal in and out channels and padding at most half their
-  receptive field, and the shrink mode is drawn among the valid ones (DESIGN.md section 3);
+  receptive field, and the shrink mode is drawn among the valid ones (docs/design.md, section 3);
 - at most two temporally strided layers, so clips stay short; ``ceil_mode`` only outside
   branches (it changes a branch's length).
 

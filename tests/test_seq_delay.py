@@ -1,6 +1,6 @@
 """`cofunc.seq` (temporal arithmetic of sequential composition) and `cofunc.delay`.
 
-The folding rules are DESIGN.md section 3 (Principles 5 and 6 of the Continual Inference
+The folding rules are docs/design.md, section 3 (Principles 5 and 6 of the Continual Inference
 paper). Step-path comparisons run in float64.
 """
 
@@ -118,7 +118,7 @@ def stacks(draw):
 
 
 def _fold(meta) -> Tuple[int, int, int]:
-    """DESIGN.md section 3: rf = rf_prev + (rf_i - 1) * stride_prev; padding = p_0 + p_1 s_0 +
+    """docs/design.md, section 3: rf = rf_prev + (rf_i - 1) * stride_prev; padding = p_0 + p_1 s_0 +
     p_2 s_0 s_1 + ...; stride = product of strides."""
     rf, padding, stride = 1, 0, 1
     for rf_i, p_i, s_i in meta:

@@ -104,9 +104,9 @@ def x3d(
             ``temporal_padding="keep"``.
         head_pool: frames averaged by the head's temporal pool (default ``clip_length``);
             CoX3D extends it, e.g. to 64.
-        width_factor, depth_factor, stem_dim_in, bottleneck_factor, se_ratio, head_dim_out,
-        dropout_rate, input_channel: as in ``create_x3d`` (smaller values give small test
-            networks).
+        width_factor, depth_factor, stem_dim_in, bottleneck_factor: as in ``create_x3d``.
+        se_ratio, head_dim_out, dropout_rate, input_channel: as in ``create_x3d`` (smaller
+            values give small test networks).
         head_activation: "softmax" (pytorchvideo's default, applied in every mode), "sigmoid"
             or None.
 
