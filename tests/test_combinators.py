@@ -250,7 +250,7 @@ def test_reduce_concat_with_stream_dims_and_errors():
     ys = assert_call_modes(layer, {}, xs)
     assert torch.equal(ys, torch.cat(xs, dim=2))
     assert_vmap_equals_batched(layer, {}, [(clip(3, 1, 2), clip(3, 2, 2)) for _ in range(2)])
-    with pytest.raises(cofunc.InputShapeError, match="equal shapes"):
+    with pytest.raises(cofunc.InputShapeError, match="equal or broadcastable shapes"):
         cofunc.reduce("sum").forward({}, (clip(1, 2, 3), clip(1, 3, 3)))
     with pytest.raises(cofunc.ConfigurationError):
         cofunc.reduce("channel")
