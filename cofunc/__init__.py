@@ -20,6 +20,7 @@ from ._combinators import (
     parallel_dispatch,
     reduce,
     residual,
+    residual_alignment,
 )
 from ._conv import Conv, ConvState, conv1d, conv2d, conv3d
 from ._delay import Delay, DelayState, delay, skip
@@ -66,11 +67,12 @@ from ._positional import PositionState, RecyclingPositionalEncoding, cyclic_posi
 from ._profile import Profile, count_macs, profile
 from ._runner import StreamOutput, StreamRunner, StreamSnapshot
 from ._slots import StreamSlots, StreamState
+from ._remap import Remap, remap
 from ._rnn import LSTMState, Recurrent, RNNState, gru, lstm, rnn
 from ._seq import Seq, seq
 from ._serialize import load_state, save_state
 from ._streams import clone_state, detach_state, put_streams, reset_streams, stack_streams, step_streams, take_streams, unstack_streams
-from ._shape import Linear, Reshape, add, constant, identity, linear, multiply, one, reshape, zero
+from ._framewise import Linear, Reshape, add, constant, identity, linear, multiply, one, reshape, zero
 from ._transformer import (
     ChannelLayerNorm,
     EncoderLayerConfig,
@@ -86,7 +88,7 @@ from ._transformer import (
 )
 from ._window import WindowLayer, WindowState
 
-from ._version import __version__  # noqa: E402
+from ._version import __version__  # noqa: E402,F401  (re-exported)
 
 __all__ = [
     "AdaptivePool",
@@ -189,6 +191,9 @@ __all__ = [
     "reset_streams",
     "reshape",
     "residual",
+    "residual_alignment",
+    "Remap",
+    "remap",
     "retroactive_attention",
     "retroactive_encoder_layer",
     "rnn",

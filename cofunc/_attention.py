@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError
-from ._layer import NO_STATE, Layer, check_dtype_device, module_params
+from ._layer import NO_STATE, Layer, check_dtype_device, detach_params, module_params
 
 AttentionInput = Union[Tensor, Tuple[Tensor, Tensor, Tensor]]
 
@@ -146,7 +146,7 @@ class _MultiheadAttention(Layer):
         module = nn.MultiheadAttention(
             self.embed_dim, self.num_heads, bias=self.bias, kdim=self.kdim, vdim=self.vdim, device=device, dtype=dtype
         )
-        return _detach(module_params(module))
+        return detach_params(module_params(module))
 
     def params_from(self, module: nn.Module):
         if isinstance(module, nn.MultiheadAttention):
@@ -328,8 +328,6 @@ class _MultiheadAttention(Layer):
         return xs.transpose(-1, -2)
 
 
-def _detach(tree):
-    return {k: _detach(v) if isinstance(v, dict) else v.detach() for k, v in tree.items()}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

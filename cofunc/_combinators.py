@@ -89,6 +89,10 @@ class Broadcast(StatelessAnyRank, Layer):
             raise ConfigurationError(f"broadcast: `n` must be a positive int, got {self.n!r}")
 
     @property
+    def copies_input(self) -> bool:
+        return True
+
+    @property
     def label(self):
         return f"broadcast({self.n})"
 
@@ -173,6 +177,10 @@ class Parallel(Layer):
     def with_rank(self, rank):
         branches = tuple((name, layer.with_rank(rank) if layer.step_rank is None else layer) for name, layer in self.branches)
         return dataclasses.replace(self, branches=branches)
+
+    def follows(self, previous: Layer) -> "Parallel":
+        # After a broadcast, the branches all see copies of one value, so share one rank.
+        return self.with_shared_rank() if previous.copies_input else self
 
     def with_shared_rank(self):
         """This parallel for inputs that are copies of one value (after a broadcast):
@@ -456,6 +464,26 @@ def _shrink(module: Layer, mode) -> Delay:
     return Delay(lag, module.step_rank, window=d + 1, end=pe)
 
 
+def residual_alignment(module: Layer, shrink: Union[bool, str] = "centered", *, delay_equal: bool = True) -> Optional[Delay]:
+    """The layer that aligns a residual (a copy of the input) to ``module``'s output: a delay by
+    the module's delay when it is padded equally on both sides (the clip keeps its length),
+    otherwise the frame selection ``shrink`` (``"centered"`` / ``True``, ``"lagging"`` or
+    ``"leading"``: the centre, oldest or newest frame of the module's window). With
+    ``delay_equal=False`` an equally padded module gets None: the caller's combinator delays
+    the residual itself (after any strided layer on the residual, by whole output steps).
+
+    Example:
+        >>> import cofunc
+        >>> cofunc.residual_alignment(cofunc.conv1d(2, 2, 3, padding=1)).label
+        'delay(1)'
+        >>> cofunc.residual_alignment(cofunc.conv1d(2, 2, 3)).label
+        'delay(1, window=3, end=0)'
+    """
+    if module.receptive_field - 1 == 2 * module.padding and module.padding_end == module.padding:
+        return Delay(module.delay, module.step_rank) if delay_equal else None
+    return _shrink(module, shrink)
+
+
 def residual(module: Layer, reduce: Union[str, Callable] = "sum", residual_shrink: Union[bool, str] = False) -> BroadcastReduce:
     """``x -> reduce(x aligned to module, module(x))``; the module's params sit under ``"1"``.
 
@@ -474,13 +502,7 @@ def residual(module: Layer, reduce: Union[str, Callable] = "sum", residual_shrin
     """
     if module.stride != 1:
         raise ConfigurationError(f"residual({module.label}): the wrapped module must have temporal stride 1, got {module.stride}")
-    equal = module.receptive_field - 1 == 2 * module.padding and module.padding_end == module.padding
-    if equal:
-        branch = Delay(module.delay, module.step_rank)
-    elif residual_shrink is False or residual_shrink is None:
-        branch = _shrink(module, "lagging")
-    else:
-        branch = _shrink(module, residual_shrink)
+    branch = residual_alignment(module, "lagging" if residual_shrink in (False, None) else residual_shrink)
     inner = Parallel((("0", branch), ("1", module)), auto_delay=False)
     return BroadcastReduce(inner, Reduce(reduce, module.out_rank))
 

@@ -311,6 +311,16 @@ class Layer:
         """This layer for inputs of non-batch rank ``rank`` (rank-agnostic layers override)."""
         return self
 
+    @property
+    def copies_input(self) -> bool:
+        """Whether every stream of this layer's output is a copy of its input (a broadcast)."""
+        return False
+
+    def follows(self, previous: "Layer") -> "Layer":
+        """This layer as placed after ``previous`` in a `seq` (a parallel after a broadcast lets
+        its branches share one rank); the default is the layer itself."""
+        return self
+
     # --- params ------------------------------------------------------------------------------
     def init_params(self, *, device=None, dtype=None) -> Params:
         """Fresh params initialised as torch.nn initialises the equivalent module."""
@@ -663,3 +673,8 @@ def resolve_layer(caller: str, layer, params=None, step_shape=None, *, need_para
     if params is None and need_params:
         params = module.params
     return inner, params, step_shape
+
+
+def detach_params(tree):
+    """A nested params dict with every tensor detached (fresh params that own no graph)."""
+    return {k: detach_params(v) if isinstance(v, dict) else v.detach() for k, v in tree.items()}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import time
-from typing import Any, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Any, Deque, Dict, List, Optional, Sequence, Union
 
 import optree
 import torch

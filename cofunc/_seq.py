@@ -18,12 +18,8 @@ def _resolve_ranks(children):
     keep the rank (delays, pointwise functions) can take the input rank of the layer after them.
     """
     children = list(children)
-    from ._combinators import Broadcast, Parallel  # here: the combinators build on seq
-
     for i in range(1, len(children)):
-        # After a broadcast, a parallel's branches all see the same input, so share one rank.
-        if isinstance(children[i - 1][1], Broadcast) and isinstance(children[i][1], Parallel):
-            children[i] = (children[i][0], children[i][1].with_shared_rank())
+        children[i] = (children[i][0], children[i][1].follows(children[i - 1][1]))
     known = None
     for i, (name, child) in enumerate(children):
         if child.step_rank is None and known is not None:

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ._attention import AttentionState, RetroactiveMHA, SingleOutputMHA, _MultiheadAttention, full_attention, single_query_attention
 from ._errors import ConfigurationError, InputShapeError, StateError
-from ._layer import NO_STATE, Layer, check_dtype_device, module_params
+from ._layer import NO_STATE, Layer, check_dtype_device, detach_params, module_params
 from ._seq import Seq
 
 Activation = Union[str, Callable[[Tensor], Tensor]]
@@ -118,8 +118,6 @@ class EncoderLayerState(NamedTuple):
     inputs: Tensor
 
 
-def _detach(tree):
-    return {k: _detach(v) if isinstance(v, dict) else v.detach() for k, v in tree.items()}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -130,7 +128,7 @@ class _EncoderBlock(Layer):
     config: EncoderLayerConfig
 
     def init_params(self, *, device=None, dtype=None):
-        return _detach(module_params(self.config.module(device=device, dtype=dtype)))
+        return detach_params(module_params(self.config.module(device=device, dtype=dtype)))
 
     def params_from(self, module):
         if isinstance(module, nn.TransformerEncoderLayer):
@@ -468,7 +466,7 @@ class ChannelLayerNorm(Layer):
 
     def init_params(self, *, device=None, dtype=None):
         module = nn.LayerNorm(self.num_channels, self.eps, self.elementwise_affine, self.bias, device=device, dtype=dtype)
-        return _detach(module_params(module))
+        return detach_params(module_params(module))
 
     def _apply(self, params, x: Tensor, axis: int) -> Tensor:
         if x.shape[axis] != self.num_channels:

@@ -276,3 +276,14 @@ def conv_configs(draw, dims=None, max_temporal_kernel=4):
         bias=draw(st.booleans()), padding_mode=mode,
     )
     return ConvConfig(dims, kwargs, tuple(spatial), pads)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: the model tests run many tiny convolutions, and on
+    shared cores one thread is several times faster than two competing ones. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

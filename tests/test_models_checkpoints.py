@@ -46,12 +46,7 @@ from test_models_video import small_i3d, small_slow, small_x3d
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 # --- SlowFast / co3d X3D ----------------------------------------------------------------------

@@ -79,13 +79,7 @@ from cofunc.models._blocks import SqueezeExcitation
 G = 1e9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Full-size networks on 2 shared cores: one thread is far faster than two contending ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 # --- the ptflops convention -------------------------------------------------------------------

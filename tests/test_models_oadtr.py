@@ -31,12 +31,7 @@ F64 = torch.float64
 C_IN, E, HEADS, FF, N, K = 12, 32, 4, 48, 8, 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 def small(num_layers: int = 1, **kw) -> OadTR:

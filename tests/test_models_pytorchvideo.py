@@ -17,18 +17,11 @@ import torch
 
 from cofunc.models import i3d_r50, slow_r50, x3d
 
-pytestmark = pytest.mark.pytorchvideo
+pytestmark = [pytest.mark.pytorchvideo, pytest.mark.usefixtures("one_thread")]
 
 FLOAT32_TOL = dict(atol=1e-5, rtol=1e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small convolutions on shared cores: one thread is several times faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -46,13 +46,7 @@ VARIANTS = ("original", "star")
 CLIPS = {"original": (20, 27), "star": (82, 85)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many tiny convolutions: on shared cores one thread is several times faster than two.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 def randomize(net: nn.Module, seed: int = 0) -> nn.Module:

@@ -34,12 +34,7 @@ SEED = {"st_gcn": (3.1, 16.73, 0.16), "agcn": (3.5, 18.69, 0.17), "s_tr": (3.1, 
 FRAME = (1, 3, 25, 2)  # one frame of a stream: (B, C, V, M), NTU's 25 joints and 2 persons
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 @pytest.mark.slow

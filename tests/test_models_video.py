@@ -27,14 +27,7 @@ K = 5  # classes of the small networks
 CROP = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These networks run many tiny convolutions; on shared cores one thread is several times
-    # faster than two competing ones.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread per module
 
 
 def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

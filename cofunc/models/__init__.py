@@ -14,7 +14,7 @@ pytorchvideo's: the weights of pytorchvideo's hub models (``checkpoint["model_st
 with ``load_state_dict``, no conversion needed.
 """
 
-from cofunc._errors import CheckpointError
+from cofunc import CheckpointError
 
 from ._blocks import ResBlock, SqueezeExcitation, Swish, VideoNet
 from ._preprocessing import VideoPreprocessing, video_preprocessing

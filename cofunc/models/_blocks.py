@@ -14,19 +14,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 import cofunc.nn as cn
-from cofunc._combinators import _shrink, broadcast_reduce
-from cofunc._delay import Delay
-from cofunc._errors import ConfigurationError
-from cofunc._layer import Layer
-from cofunc._lift import Lift
-from cofunc._pool import avg_pool1d
-from cofunc._seq import seq
+from cofunc import ConfigurationError, Delay, Layer, Lift, Remap, avg_pool1d, broadcast_reduce, residual_alignment, seq
 
 TEMPORAL_PADDINGS = ("keep", "remove")
 SE_SCOPES = ("clip", "frame", "clip_forward_frame_steps")
@@ -73,67 +67,6 @@ def round_repeats(repeats, multiplier):
     return int(math.ceil(multiplier * repeats))
 
 
-# --- a layer that reads its params from another nesting --------------------------------------
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Remap(Layer):
-    """``inner`` with its params taken from another layout: ``view(params)`` gives ``inner`` its
-    params, ``unview(inner_params)`` is the inverse (for `init_params`).
-
-    Lets a block whose torch children are named like pytorchvideo's (``branch1_conv``,
-    ``branch2``, ...) run a combinator tree that nests params by branch.
-    """
-
-    inner: Layer
-    view: Callable
-    unview: Callable
-    name: str = "remap"
-    rank_out: Optional[int] = None  # the output rank, when ``inner`` cannot tell it
-
-
-    label = property(lambda self: f"{self.name}({self.inner.label})")
-    receptive_field = property(lambda self: self.inner.receptive_field)
-    padding = property(lambda self: self.inner.padding)
-    padding_end = property(lambda self: self.inner.padding_end)
-    stride = property(lambda self: self.inner.stride)
-    delay = property(lambda self: self.inner.delay)
-    step_rank = property(lambda self: self.inner.step_rank)
-    out_rank = property(lambda self: self.inner.out_rank if self.rank_out is None else self.rank_out)
-    keeps_rank = property(lambda self: self.inner.keeps_rank)
-    stateful = property(lambda self: self.inner.stateful)
-
-    def with_rank(self, rank):
-        return dataclasses.replace(self, inner=self.inner.with_rank(rank))
-
-    def init_params(self, *, device=None, dtype=None):
-        return self.unview(self.inner.init_params(device=device, dtype=dtype))
-
-    def init_state(self, params, input_shape, *, device=None, dtype=None):
-        return self.inner.init_state(self.view(params), input_shape, device=device, dtype=dtype)
-
-    def step_output_shape(self, input_shape):
-        return self.inner.step_output_shape(input_shape)
-
-    def clock(self, state):
-        return self.inner.clock(state)
-
-    def valid(self, state):
-        return self.inner.valid(state)
-
-    def _step(self, params, state, x):
-        return self.inner._step(self.view(params), state, x)
-
-    def steps(self, params, state, xs, pad_end=False):
-        return self.inner.steps(self.view(params), state, xs, pad_end)
-
-    def _steps(self, params, state, xs, clock, pad_end):
-        return self.inner._steps(self.view(params), state, xs, clock, pad_end)
-
-    def forward(self, params, xs):
-        return self.inner.forward(self.view(params), xs)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class _RankLift(Lift):
     """A per-frame function that changes the rank of a frame from ``rank`` to ``out``."""
@@ -156,14 +89,6 @@ def _mean_hw_keepdim(params, x):
 
 def _unsqueeze_hw(params, x):
     return x[..., None, None]
-
-
-def _se_view(params):
-    return {"1": {"1": params.get("block", {})}}
-
-
-def _se_unview(params):
-    return {"block": params["1"]["1"]}
 
 
 def spatial_mean() -> Lift:
@@ -271,10 +196,7 @@ class SqueezeExcitation(cn.ContinualModule):
     def _align(self, pool: Optional[Layer] = None) -> Delay:
         """The frame selection pairing each frame with its gates: a delay by the pool's delay
         (padding kept) or the centre frames of the pool's windows (padding removed)."""
-        pool = self.__dict__["_co_pool"] if pool is None else pool
-        if pool.receptive_field - 1 == 2 * pool.padding:
-            return Delay(pool.delay, 3)
-        return _shrink(pool, "centered")
+        return residual_alignment(self.__dict__["_co_pool"] if pool is None else pool, "centered")
 
     def _build_layer(self):
         module = seq(self.__dict__["_co_pool"], self.block.layer)
@@ -282,17 +204,13 @@ class SqueezeExcitation(cn.ContinualModule):
         # and a string reduce requires equal shapes. The block's params sit under "1" twice:
         # broadcast_reduce branch "1", then seq(pool, block) child "1".
         inner = broadcast_reduce(self._align(), module, reduce=_gate, auto_delay=False)
-        return Remap(inner, _se_view, _se_unview, "se", 3)
+        return Remap(inner, {"1.1": "block"}, "se", 3)
 
 
     def forward(self, x: Tensor) -> Tensor:
         pool = self.__dict__["_forward_pool"]
         gates = self.block(pool.forward({}, x))
         return self._align(pool).forward({}, x) * gates
-
-    def clean_state(self):
-        super().clean_state()
-        self.block.clean_state()
 
 
 # --- residual blocks -------------------------------------------------------------------------
@@ -318,11 +236,9 @@ class ResBlock(cn.ContinualModule):
             raise ConfigurationError(f"ResBlock: branch2 must have temporal stride 1, got {main.stride}")
 
     def _shrink(self) -> Optional[Delay]:
-        """The frame selection that aligns the shortcut's clip to branch2's (None: none needed)."""
-        main = self.branch2.layer
-        if main.receptive_field - 1 == 2 * main.padding and main.padding_end == main.padding:
-            return None
-        return _shrink(main, "centered")
+        """The frame selection that aligns the shortcut's clip to branch2's (None: equal padding,
+        the block's broadcast-reduce delays the shortcut)."""
+        return residual_alignment(self.branch2.layer, "centered", delay_equal=False)
 
     def _build_layer(self):
         main = self.branch2.layer
@@ -335,15 +251,8 @@ class ResBlock(cn.ContinualModule):
         if self.activation is not None:
             children.append(("1", self.activation.layer))
 
-        def view(p):
-            # The shortcut seq picks branch1_conv / branch1_norm out of the block's own params.
-            return {"0": {"0": p, "1": p.get("branch2", {})}}
-
-        def unview(p):
-            inner = p.get("0", {})
-            return {**inner.get("0", {}), "branch2": inner.get("1", {})}
-
-        return Remap(seq(OrderedDict(children)), view, unview, "res_block")
+        # The shortcut seq picks branch1_conv / branch1_norm out of the block's own params.
+        return Remap(seq(OrderedDict(children)), {"0.0": "", "0.1": "branch2"}, "res_block")
 
 
     def forward(self, x: Tensor) -> Tensor:
@@ -358,11 +267,6 @@ class ResBlock(cn.ContinualModule):
             shortcut = shrink.forward({}, shortcut)
         out = shortcut + main
         return out if self.activation is None else self.activation(out)
-
-    def clean_state(self):
-        super().clean_state()
-        for child in self.children():
-            child.clean_state()
 
 
 def stage(blocks) -> cn.Sequential:

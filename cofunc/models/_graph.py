@@ -19,7 +19,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .._errors import ConfigurationError
+from cofunc import ConfigurationError
 
 NTU_NUM_JOINTS = 25
 

@@ -29,7 +29,7 @@ from typing import Dict, Mapping, Optional
 import torch
 from torch import Tensor, nn
 
-from cofunc._errors import CheckpointError
+from cofunc import CheckpointError
 
 StateDict = "OrderedDict[str, Tensor]"
 

@@ -61,9 +61,7 @@ from typing import Optional, Tuple
 from torch import Tensor, nn
 
 import cofunc.nn as cn
-from cofunc._errors import ConfigurationError
-from cofunc._seq import Seq
-from cofunc._transformer import ChannelLayerNorm, EncoderLayerConfig, WindowEncoderLayer, transformer_encoder
+from cofunc import ChannelLayerNorm, ConfigurationError, EncoderLayerConfig, Seq, WindowEncoderLayer, transformer_encoder
 
 POSITIONAL_ENCODINGS = ("learned", "fixed")
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Tuple, Union
 from torch import nn
 
 import cofunc.nn as cn
-from cofunc._errors import ConfigurationError
+from cofunc import ConfigurationError
 
 from ._blocks import (
     TEMPORAL_FILLS,

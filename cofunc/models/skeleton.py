@@ -50,14 +50,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import cofunc.nn as cn
-from cofunc._combinators import _shrink, broadcast_reduce
-from cofunc._delay import Delay
-from cofunc._errors import ConfigurationError, InputShapeError
-from cofunc._layer import flatten_params
-from cofunc._lift import Lift
-from cofunc._seq import seq
+from cofunc import ConfigurationError, Delay, InputShapeError, Lift, Remap, broadcast_reduce, flatten_params, residual_alignment, seq
 
-from ._blocks import Remap
 from ._graph import adjacency
 
 VARIANTS = ("original", "star")
@@ -502,20 +496,13 @@ class SpatioTemporalBlock(cn.ContinualModule):
 
     def _shrink(self, main) -> Optional[Delay]:
         """The residual's crop to the centre frame of each output's window (None: equal padding)."""
-        if main.receptive_field - 1 == 2 * main.padding and main.padding_end == main.padding:
-            return None
-        return _shrink(main, "centered")
+        return residual_alignment(main, "centered", delay_equal=False)
 
     def _build_layer(self):
         main = self._main()
         if self.residual_kind == "none":
             inner = main
-
-            def view(p):
-                return {"block": {"gcn": p.get("gcn", {}), "tcn": p.get("tcn", {})}}
-
-            def unview(p):
-                return dict(p.get("block", {}))
+            mapping = {"block.gcn": "gcn", "block.tcn": "tcn"}
         else:
             parts = []
             shrink = self._shrink(main)
@@ -527,20 +514,10 @@ class SpatioTemporalBlock(cn.ContinualModule):
             # The branches share one clock: the residual (delay 0 or the crop's) is delayed to
             # the main branch's output, after a strided conv by whole output steps.
             inner = broadcast_reduce(OrderedDict(residual=branch, main=main), reduce="sum")
-
-            def view(p):
-                main = {"gcn": p.get("gcn", {}), "tcn": p.get("tcn", {})}
-                return {"block": {"residual": p.get("residual", {}), "main": main}}
-
-            def unview(p):
-                block = p.get("block", {})
-                out = dict(block.get("main", {}))
-                if block.get("residual"):
-                    out["residual"] = block["residual"]
-                return out
+            mapping = {"block.residual": "residual", "block.main.gcn": "gcn", "block.main.tcn": "tcn"}
 
         layer = seq(OrderedDict(block=inner, relu=self.relu.layer.with_rank(main.out_rank)))
-        return Remap(layer, view, unview, "st_block")
+        return Remap(layer, mapping, "st_block")
 
 
     def forward(self, x: Tensor) -> Tensor:
@@ -555,11 +532,6 @@ class SpatioTemporalBlock(cn.ContinualModule):
             r = self.residual(r)
         return self.relu(r + z)
 
-    def clean_state(self):
-        super().clean_state()
-        for child in self.children():
-            if isinstance(child, cn.ContinualModule):
-                child.clean_state()
 
 
 # --- the networks ---------------------------------------------------------------------------------

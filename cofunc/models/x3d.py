@@ -22,7 +22,7 @@ from typing import Optional
 from torch import nn
 
 import cofunc.nn as cn
-from cofunc._errors import ConfigurationError
+from cofunc import ConfigurationError
 
 from ._blocks import (
     SE_SCOPES,

@@ -2,7 +2,7 @@
 
 import time
 
-from .._version import __version__
+from .._version import __version__  # noqa: F401  (co's field)
 __author__ = "The cofunc authors"
 __author_email__ = "cofunc@users.noreply.github.com"
 __license__ = "Apache-2.0"

@@ -14,7 +14,7 @@ Example:
 """
 
 from . import onnx, utils
-from .__about__ import __copyright__, __license__, __version__
+from .__about__ import __copyright__, __license__, __version__  # noqa: F401  (co's names)
 from ._call_mode import call_mode
 from ._lifted import LiftedModule, lift_nn_module
 from .closure import Add, Constant, Identity, Lambda, LayerModule, Multiply, One, Zero

@@ -51,11 +51,6 @@ class _Branches(ContinualModule):
         return cached[1]
 
 
-    def clean_state(self):
-        super().clean_state()
-        for module in self._modules.values():
-            module.clean_state()
-
     def __getitem__(self, index):
         if isinstance(index, str):
             return self._modules[index]
@@ -362,11 +357,6 @@ class Sequential(ContinualModule, nn.Sequential):
             self.__dict__["_co_cached"] = cached
         return cached[1]
 
-
-    def clean_state(self):
-        super().clean_state()
-        for m in self._modules.values():
-            m.clean_state()
 
     def forward(self, input):
         with _forward_mode:

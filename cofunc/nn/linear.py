@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .. import _shape
+from .. import _framewise
 from .module import ContinualModule
 
 
@@ -31,7 +31,7 @@ class Linear(ContinualModule, nn.Linear):
 
     def _build_layer(self):
         dim = None if self.channel_dim == 1 else self.channel_dim
-        return _shape.Linear(self.in_features, self.out_features, self.bias is not None, dim)
+        return _framewise.Linear(self.in_features, self.out_features, self.bias is not None, dim)
 
     def forward(self, input):
         return self.layer.forward(self.params, input)

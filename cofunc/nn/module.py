@@ -14,7 +14,7 @@ import optree
 import torch
 from torch import Tensor, nn
 
-from .._errors import ConfigurationError, InputShapeError, StateError, StreamsOutOfStepError
+from .._errors import InputShapeError, StateError, StreamsOutOfStepError
 from .._layer import Layer, first_tensor, module_params, shape_of, tree_map
 from ._call_mode import _stack, call_mode, current_call_mode, normalise_call_mode
 from . import utils as _utils
@@ -295,8 +295,12 @@ class ContinualModule(nn.Module):
 
     # --- state --------------------------------------------------------------------------------
     def clean_state(self) -> None:
-        """Forget the stream: the next step starts from a fresh state."""
+        """Forget the stream, here and in every continual child (each cleans its own): the next
+        step starts from a fresh state."""
         self._co_state = None
+        for child in self.children():
+            if isinstance(child, ContinualModule):
+                child.clean_state()
 
     def get_state(self):
         """The stream state (a pytree of tensors), or ``None`` before the first step."""
@@ -395,8 +399,8 @@ class HookedLayer(Layer):
             return False
         return chunk or bool(self.inner.valid(state).all())
 
-    def step(self, params, state, x):
-        return self._run(lambda x: self.inner.step(params, state, x), x, False)
+    def _step(self, params, state, x):
+        return self._run(lambda x: self.inner._step(params, state, x), x, False)
 
     def steps(self, params, state, xs, pad_end=False):
         return self._run(lambda xs: self.inner.steps(params, state, xs, pad_end), xs, True)

@@ -19,11 +19,10 @@ from __future__ import annotations
 import os
 from typing import Any, List, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
 from .._errors import ConfigurationError
-from .._export import StepModule, _example_inputs, export_onnx, flatten_state
+from .._export import StepModule, _example_inputs, export_onnx
 from .module import ContinualModule
 
 __all__ = ["export", "OnnxWrapper"]

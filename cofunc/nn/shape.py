@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .. import _shape
+from .. import _framewise
 from .closure import LayerModule
 
 
@@ -23,7 +23,7 @@ class Reshape(LayerModule):
     """
 
     def __init__(self, *shape: int, contiguous: bool = False):
-        super().__init__(_shape.reshape(*shape, contiguous=contiguous))
+        super().__init__(_framewise.reshape(*shape, contiguous=contiguous))
         self.contiguous = contiguous
 
     @property

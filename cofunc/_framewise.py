@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Optional, Tuple, Union
 
@@ -26,14 +27,32 @@ def identity() -> Lift:
     return Lift(lambda params, x: x, "identity")
 
 
+def _add(params, x, constant):
+    return x + constant
+
+
+def _multiply(params, x, factor):
+    return x * factor
+
+
 def add(constant: Union[float, Tensor]) -> Lift:
-    """``x + constant`` (a tensor constant broadcasts against each frame and clip)."""
-    return Lift(lambda params, x: x + constant, f"add({_short(constant)})")
+    """``x + constant``. A tensor constant broadcasts against clips ``(*B, C, T, *S)``; a step is
+    given a time axis of length 1 first, so steps and clips agree (as co's ``Add``).
+
+    Example:
+        >>> import torch, cofunc
+        >>> layer = cofunc.add(torch.tensor([[[[2.0, 3.0]]]]))
+        >>> layer.step({}, (), torch.ones(1, 1, 2))[0]
+        tensor([[[3., 4.]]])
+    """
+    return Lift(functools.partial(_add, constant=constant), f"add({_short(constant)})",
+                pointwise=not isinstance(constant, Tensor), same_rank=True)
 
 
 def multiply(factor: Union[float, Tensor]) -> Lift:
-    """``x * factor``."""
-    return Lift(lambda params, x: x * factor, f"multiply({_short(factor)})")
+    """``x * factor`` (a tensor factor broadcasts as in `add`)."""
+    return Lift(functools.partial(_multiply, factor=factor), f"multiply({_short(factor)})",
+                pointwise=not isinstance(factor, Tensor), same_rank=True)
 
 
 def constant(value: float) -> Lift:

@@ -1,0 +1,119 @@
+"""``Remap``: a layer that reads its params from another nesting.
+
+A block whose torch children are named like its source (pytorchvideo's ``branch1_conv``,
+``branch2``) can run a combinator tree that nests params by branch: the mapping says where each
+inner params subtree comes from in the outer params, and the inverse (for `init_params`) is
+derived from the same mapping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping, Optional, Tuple
+
+from ._errors import ConfigurationError
+from ._layer import Layer, Params
+
+
+def _get(tree, path: str):
+    for key in path.split(".") if path else ():
+        tree = tree.get(key, {}) if isinstance(tree, Mapping) else {}
+    return tree
+
+
+def _set(tree: dict, path: str, value) -> None:
+    keys = path.split(".")
+    for key in keys[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[keys[-1]] = value
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Remap(Layer):
+    """``inner`` with params taken from another layout: ``mapping`` pairs each inner params path
+    with the outer path it is read from (dotted; ``""`` is the whole outer params).
+
+    Example:
+        >>> import torch, cofunc
+        >>> inner = cofunc.seq(cofunc.conv1d(2, 2, 1), cofunc.conv1d(2, 2, 1))
+        >>> layer = cofunc.Remap(inner, {"0": "first", "1": "second"})
+        >>> sorted(layer.init_params())
+        ['first', 'second']
+        >>> y, _ = layer.step(layer.init_params(), layer.init_state(layer.init_params(), (1, 2)), torch.ones(1, 2))
+        >>> y.shape
+        torch.Size([1, 2])
+    """
+
+    inner: Layer
+    mapping: Tuple[Tuple[str, str], ...]
+    name: str = "remap"
+    rank_out: Optional[int] = None  # the output rank, when ``inner`` cannot tell it
+
+    def __post_init__(self):
+        pairs = tuple(self.mapping.items()) if isinstance(self.mapping, Mapping) else tuple(self.mapping)
+        if not pairs or any(not isinstance(a, str) or not a or not isinstance(b, str) for a, b in pairs):
+            raise ConfigurationError(f"remap: `mapping` pairs non-empty inner paths with outer paths, got {self.mapping!r}")
+        object.__setattr__(self, "mapping", pairs)
+
+    label = property(lambda self: f"{self.name}({self.inner.label})")
+    receptive_field = property(lambda self: self.inner.receptive_field)
+    padding = property(lambda self: self.inner.padding)
+    padding_end = property(lambda self: self.inner.padding_end)
+    stride = property(lambda self: self.inner.stride)
+    delay = property(lambda self: self.inner.delay)
+    step_rank = property(lambda self: self.inner.step_rank)
+    out_rank = property(lambda self: self.inner.out_rank if self.rank_out is None else self.rank_out)
+    keeps_rank = property(lambda self: self.inner.keeps_rank)
+    stateful = property(lambda self: self.inner.stateful)
+
+    def view(self, params: Params) -> dict:
+        """The inner params, read from the outer ``params``."""
+        inner: dict = {}
+        for inner_path, outer_path in self.mapping:
+            _set(inner, inner_path, _get(params, outer_path))
+        return inner
+
+    def unview(self, inner_params: Params) -> dict:
+        """The outer params holding ``inner_params`` (the inverse of `view`)."""
+        outer: dict = {}
+        for inner_path, outer_path in self.mapping:
+            value = _get(inner_params, inner_path)
+            if isinstance(value, Mapping) and not value:
+                continue  # a param-free part: no entry, as torch's state_dict has none
+            if outer_path:
+                _set(outer, outer_path, value)
+            else:
+                outer.update(value)
+        return outer
+
+    def with_rank(self, rank):
+        return dataclasses.replace(self, inner=self.inner.with_rank(rank))
+
+    def init_params(self, *, device=None, dtype=None):
+        return self.unview(self.inner.init_params(device=device, dtype=dtype))
+
+    def init_state(self, params, input_shape, *, device=None, dtype=None):
+        return self.inner.init_state(self.view(params), input_shape, device=device, dtype=dtype)
+
+    def step_output_shape(self, input_shape):
+        return self.inner.step_output_shape(input_shape)
+
+    def clock(self, state):
+        return self.inner.clock(state)
+
+    def valid(self, state):
+        return self.inner.valid(state)
+
+    def _step(self, params, state, x):
+        return self.inner._step(self.view(params), state, x)
+
+    def _steps(self, params, state, xs, clock, pad_end):
+        return self.inner._steps(self.view(params), state, xs, clock, pad_end)
+
+    def forward(self, params, xs):
+        return self.inner.forward(self.view(params), xs)
+
+
+def remap(inner: Layer, mapping: Mapping[str, str], name: str = "remap") -> Remap:
+    """`Remap` of ``inner`` with ``mapping`` (inner params path -> outer params path)."""
+    return Remap(inner, mapping, name)
