@@ -2,7 +2,8 @@
 
 The README is the site's first page (its links into ``docs/`` are rewritten to be relative to
 the site), and every notebook in ``notebooks/`` becomes a page, rendered with its stored
-outputs by mkdocs-jupyter, under "Notebooks" in the navigation.
+outputs by mkdocs-jupyter, under "Notebooks" in the navigation. Pages of ``docs/`` that
+mkdocs.yml does not list go under "Notes".
 """
 
 from __future__ import annotations
@@ -24,8 +25,28 @@ def _title(path: Path) -> str:
     return " ".join(words).capitalize()
 
 
+def _heading(path: Path) -> str:
+    for line in path.read_text().splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return path.stem
+
+
+def _listed(nav) -> set:
+    if isinstance(nav, str):
+        return {nav}
+    if isinstance(nav, dict):
+        return set().union(*(_listed(v) for v in nav.values()))
+    return set().union(*(_listed(v) for v in nav)) if nav else set()
+
+
 def on_config(config):
-    config["nav"].append({"Notebooks": [{_title(p): f"notebooks/{p.name}"} for p in NOTEBOOKS]})
+    nav = config["nav"]
+    docs = Path(config["docs_dir"])
+    notes = [p for p in sorted(docs.glob("*.md")) if p.name not in _listed(nav)]
+    if notes:  # pages added to docs/ without a nav entry of their own
+        nav.append({"Notes": [{_heading(p): p.name} for p in notes]})
+    nav.append({"Notebooks": [{_title(p): f"notebooks/{p.name}"} for p in NOTEBOOKS]})
     return config
 
 
