@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, InputShapeError
 from ._layer import expand_mask, with_one_batch_dim
 from ._window import WindowLayer, tap_counts
 
@@ -118,6 +118,13 @@ class Pool(WindowLayer):
             if self.ceil_mode and (out - 1) * s >= size + p:
                 out -= 1
             spatial.append(out)
+        if min(spatial, default=1) < 1:
+            # Checked here so that a stream of too small frames fails when it starts (init_state
+            # asks every layer for its output shape), not at the step that first reaches the pool.
+            raise InputShapeError(
+                f"{self.label}: a step of shape {tuple(input_shape)} is smaller than the pooling window "
+                f"{self.kernel_size[1:]} (padding {self.pool_padding[1:]}) in its spatial axes"
+            )
         return batch + (input_shape[len(batch)],) + tuple(spatial)
 
     def _pool(self, x: Tensor, stride, padding) -> Tensor:

@@ -22,7 +22,7 @@ def test_converted_slowfast_checkpoint_runs_in_pytorchvideos_x3d():
                         stem_dim_in=4, head_dim_out=16, head_activation=None).double().eval()
     converted = from_slowfast_x3d({"model_state": sd})
     theirs.load_state_dict(converted, strict=True)
-    ours = x3d("XS", num_classes=5, crop_size=32, stem_dim_in=4, head_dim_out=16, depth_factor=1.0,
+    ours = x3d("XS", num_classes=5, crop_size=32, stem_dim_in=4, head_dim_out=16, depth_factor=1.0, se="clip",
                head_activation=None).double().eval()
     ours.load_state_dict(from_slowfast_x3d(sd, ours), strict=True)
     x = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(5), dtype=torch.float64)

@@ -55,6 +55,7 @@ SMALL_SF = dict(num_classes=5, dim_c1=4, dim_c5=16, depth_factor=1.0)
 
 
 def small_sf_x3d(**kw):
+    kw.setdefault("se", "clip")  # SlowFast's X3D: squeeze-and-excitation over the clip
     return x3d("XS", num_classes=5, crop_size=32, stem_dim_in=4, head_dim_out=16, depth_factor=1.0, **kw).double().eval()
 
 

@@ -52,10 +52,10 @@ def shapes(net):
 @pytest.mark.parametrize(
     "hub_name, build",
     [
-        ("x3d_xs", lambda: x3d("XS")),
-        ("x3d_s", lambda: x3d("S")),
-        ("x3d_m", lambda: x3d("M")),
-        ("x3d_l", lambda: x3d("L")),
+        ("x3d_xs", lambda: x3d("XS", se="clip")),
+        ("x3d_s", lambda: x3d("S", se="clip")),
+        ("x3d_m", lambda: x3d("M", se="clip")),
+        ("x3d_l", lambda: x3d("L", se="clip")),
         ("slow_r50", slow_r50),
         ("i3d_r50", i3d_r50),
     ],
@@ -81,6 +81,7 @@ def _compare(theirs, ours, xs, exact=False):
         for block in theirs.blocks[:-1]:
             features = block(features)
         ours_features = ours.blocks[:-1](xs)
+        assert torch.equal(ours[:-1](xs), ours_features)  # net[:-1]: the same blocks
         if exact:
             assert torch.equal(ours_features, features)
         else:
@@ -100,7 +101,7 @@ def test_x3d_xs_hub_model(hub):
     """The hub's X3D-XS (4 frames of 160x160), with raw scores (no softmax)."""
     torch.manual_seed(0)
     theirs = hub.x3d_xs(pretrained=False, model_num_class=7, head_activation=None)
-    ours = x3d("XS", num_classes=7, head_activation=None)
+    ours = x3d("XS", num_classes=7, se="clip", head_activation=None)
     _compare(theirs, ours, torch.randn(1, 3, 4, 160, 160))
 
 
@@ -112,7 +113,7 @@ def test_x3d_s_clip_length(hub):
     torch.manual_seed(0)
     theirs = create_x3d(input_clip_length=13, input_crop_size=64, depth_factor=1.0, model_num_class=7,
                         head_activation=None)
-    ours = x3d("S", num_classes=7, crop_size=64, depth_factor=1.0, head_activation=None)
+    ours = x3d("S", num_classes=7, crop_size=64, depth_factor=1.0, se="clip", head_activation=None)
     _compare(theirs, ours, torch.randn(2, 3, 13, 64, 64))
 
 
@@ -122,7 +123,7 @@ def test_x3d_default_softmax_head(hub):
 
     torch.manual_seed(0)
     theirs = create_x3d(input_clip_length=4, input_crop_size=32, depth_factor=0.5, model_num_class=7)
-    ours = x3d("XS", num_classes=7, crop_size=32, depth_factor=0.5)
+    ours = x3d("XS", num_classes=7, crop_size=32, depth_factor=0.5, se="clip")
     xs = torch.randn(2, 3, 4, 32, 32)
     _compare(theirs, ours, xs)
     with torch.no_grad():

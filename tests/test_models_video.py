@@ -364,3 +364,74 @@ def test_training_mode_forward_and_stepping_guard():
 def test_invalid_options_are_rejected(build):
     with torch.device("meta"), pytest.raises(ConfigurationError):
         build()
+
+
+# --- defaults, sizes and slices ---------------------------------------------------------------
+
+
+def test_x3d_defaults_to_the_published_continual_model():
+    """``x3d(size)`` is CoX3D (frame-scope SE: a 60-frame stream predicts), ``se="clip"`` the
+    original X3D; sizes in any case."""
+    with torch.device("meta"):
+        default, original = x3d("s"), x3d("S", se="clip")
+    assert default.config["se"] == "frame" and default.config["size"] == "S"
+    assert (default.delay, original.delay) == (40, 220)
+    with pytest.raises(ConfigurationError, match="size"):
+        x3d("xxs")
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: x3d("XS", num_classes=K, crop_size=96, stem_dim_in=4, head_dim_out=16, depth_factor=0.5),
+        lambda: slow_r50(num_classes=K, crop_size=96, stem_dim_out=4, stage_depths=(1, 1, 1, 1)),
+        lambda: i3d_r50(num_classes=K, crop_size=96, stem_dim_out=4, stage_depths=(1, 1, 1, 1)),
+    ],
+    ids=["x3d", "slow", "i3d"],
+)
+def test_too_small_frames_fail_when_the_stream_starts(build):
+    """Frames that leave the head's pool no window (96-pixel crops: a 3x3 head pool over the
+    32-fold downsampled frame) raise InputShapeError at the first step, in forward and in the
+    functional init_state, before any state is stored."""
+    from cofunc import InputShapeError
+
+    net = randomize(build())
+    smallest = net.min_frame_size()
+    assert smallest == 65  # ceil(side / 32) >= 3
+    side = smallest - 1
+    with pytest.raises(InputShapeError, match=rf"frames of {side}x{side} .*at least {smallest}x{smallest}"):
+        net.forward_step(torch.randn(1, 3, side, side, dtype=F64))
+    assert net.get_state() is None
+    with pytest.raises(InputShapeError, match="too small"):
+        net(torch.randn(1, 3, 8, side, side, dtype=F64))
+    with pytest.raises(InputShapeError, match="smaller than the pooling window"):
+        net.layer.init_state(net.params, (1, 3, side, smallest))
+    # The smallest size steps, and so do larger frames (the head averages its maps over space).
+    for size in (smallest, 100):
+        net.clean_state()
+        xs = torch.randn(1, 3, net.delay + 2, size, size, dtype=F64)
+        with torch.no_grad():
+            out = net.forward_steps(xs)
+        assert out is not None and out.shape[:2] == (1, K)
+
+
+def test_slices_are_continual_networks():
+    """``net[:-1]`` is the network without its head: a VideoNet sharing the blocks, with
+    pytorchvideo's names, whose steps equal its forward."""
+    net = randomize(small_x3d(se="frame"))
+    features = net[:-1]
+    assert type(features) is type(net) and len(features) == len(net) - 1
+    assert set(features.state_dict()) == {k for k in net.state_dict() if not k.startswith(f"blocks.{len(net) - 1}.")}
+    assert features[0] is net[0] is net.blocks[0]
+    xs = clip(10)
+    with torch.no_grad():
+        want = features(xs)
+        assert want.shape[:3] == (2, net[-1].pool.pre_conv.in_channels, 10)
+        torch.testing.assert_close(features.forward_steps(xs, pad_end=True), want)
+        torch.testing.assert_close(net[-1](want), net(xs))  # the head on the features: the network
+        features.clean_state()
+        outs = [features.forward_step(xs[:, :, t]) for t in range(10)]
+    emitted = torch.stack([y for y in outs if y is not None], dim=2)
+    assert emitted.shape[2] == 10 - features.delay
+    torch.testing.assert_close(emitted, want[:, :, : emitted.shape[2]])
+    assert [type(b).__name__ for b in net] == ["Sequential"] * len(net)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import cofunc.nn as cn
-from cofunc import ConfigurationError, Delay, Layer, Lift, Remap, avg_pool1d, broadcast_reduce, residual_alignment, seq
+from cofunc import ConfigurationError, Delay, InputShapeError, Layer, Lift, Remap, avg_pool1d, broadcast_reduce, residual_alignment, seq
 
 TEMPORAL_PADDINGS = ("keep", "remove")
 SE_SCOPES = ("clip", "frame", "clip_forward_frame_steps")
@@ -285,11 +285,90 @@ class VideoNet(cn.Sequential):
     """
 
     def __init__(self, blocks, config: dict):
-        super().__init__(OrderedDict(blocks=cn.Sequential(*blocks)))
+        blocks = blocks if isinstance(blocks, OrderedDict) else OrderedDict((str(i), b) for i, b in enumerate(blocks))
+        super().__init__(OrderedDict(blocks=cn.Sequential(blocks)))
         self.config = dict(config)
 
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+    _REBUILT_ON_DEMAND = cn.ContinualModule._REBUILT_ON_DEMAND + ("_co_frame_sizes",)
+
+    # Indexing reaches the blocks, as pytorchvideo's ``net.blocks[i]``: the module has one child.
+    def __getitem__(self, index):
+        """``net[i]`` is block ``i`` (the stem, a stage, the head); ``net[a:b]`` is a `VideoNet`
+        of those blocks: ``net[:-1]`` is the network without its head (features
+        ``(B, C, T', H', W')`` per clip, ``(B, C, H', W')`` per step). A slice shares the blocks'
+        modules (and weights) with ``net``, keeps their ``blocks.i`` names and the
+        ``preprocessing``, and steps on its own stream state.
+
+        Example:
+            >>> import torch
+            >>> from cofunc.models import x3d
+            >>> net = x3d("XS", num_classes=5, crop_size=32, stem_dim_in=4, head_dim_out=16, depth_factor=1.0).eval()
+            >>> features = net[:-1]
+            >>> features(torch.randn(1, 3, 4, 32, 32)).shape
+            torch.Size([1, 48, 4, 1, 1])
+        """
+        if isinstance(index, slice):
+            return VideoNet(OrderedDict(list(self.blocks._modules.items())[index]), self.config)
+        return self.blocks[index]
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    # --- frame size checks -----------------------------------------------------------------------
+    def forward(self, input):
+        self.check_frames(tuple(input.shape[:2]) + tuple(input.shape[3:]))
+        return super().forward(input)
+
+    def _fresh_state(self, layer, step_shape, like):
+        self.check_frames(step_shape)  # a stream starts: its frames fix the shapes of every layer
+        return super()._fresh_state(layer, step_shape, like)
+
+    def check_frames(self, shape) -> None:
+        """Raise `cofunc.InputShapeError` unless frames of ``shape`` ``(B, C, H, W)`` fit the
+        network: frames smaller than ``min_frame_size`` leave the head's pool no window. Larger
+        frames are fine (the head's output is averaged over space, as pytorchvideo's)."""
+        sizes = self.__dict__.setdefault("_co_frame_sizes", set())
+        key = tuple(int(s) for s in shape)
+        if key in sizes:
+            return
+        try:
+            self.layer.step_output_shape(key)
+        except InputShapeError as error:
+            smallest = self.min_frame_size(key[1] if len(key) > 1 else 3)
+            built = f" (built for crop_size={self.config['crop_size']})" if "crop_size" in self.config else ""
+            raise InputShapeError(
+                f"{self._name()}: frames of {key[-2]}x{key[-1]} pixels are too small for this network"
+                f"{built}: it needs at least {smallest}x{smallest}; `net.preprocessing` makes frames of the "
+                f"published size ({error})"
+            ) from None
+        sizes.add(key)
+
+    def _name(self) -> str:
+        config = self.config
+        return config.get("model") or (f"x3d_{config['size'].lower()}" if "size" in config else type(self).__name__)
+
+    def min_frame_size(self, channels: int = 3) -> int:
+        """The smallest square frame side the network accepts (its head pools at least one window)."""
+        def fits(side):
+            try:
+                self.layer.step_output_shape((1, channels, side, side))
+                return True
+            except InputShapeError:
+                return False
+
+        low, high = 1, max(2, int(self.config.get("crop_size", 2)))
+        while not fits(high):
+            high *= 2
+        while low < high:
+            middle = (low + high) // 2
+            low, high = (low, middle) if fits(middle) else (middle + 1, high)
+        return low
 
     @property
     def preprocessing(self):

@@ -7,10 +7,21 @@ so the ``state_dict`` of a pytorchvideo X3D (``torch.hub`` ``x3d_xs/s/m/l``, or
 Layout: ``forward`` takes clips ``(B, 3, T, H, W)`` and returns class scores
 ``(B, num_classes, T')``; ``forward_step`` takes frames ``(B, 3, H, W)`` and returns
 ``(B, num_classes)`` (None while warming up); ``forward_steps`` takes clips and returns the
-emitted scores. With the defaults (temporal padding kept, ``se="clip"``, ``head_pool`` = the
-clip length), ``forward`` on a clip of ``clip_length`` frames of ``crop_size`` pixels returns one
-score vector equal to pytorchvideo's X3D output on that clip (up to float rounding), and
-stepping the clip from a fresh state with ``pad_end=True`` returns the same.
+emitted scores.
+
+Which network is which (``se=``, the scope of squeeze-and-excitation):
+
+* ``se="frame"`` (the default): the published continual X3D, CoX3D. Each frame is gated by its
+  own mean, so a stream predicts after a short warm-up (delay 40 frames for X3D-S, 31 for XS,
+  43 for M, 72 for L). ``forward`` computes the same network over a clip (steps equal it), which
+  is not the original X3D: on the same weights its scores differ from X3D's.
+* ``se="clip"``: the original X3D (pytorchvideo's ``create_x3d``, SlowFast's X3D). ``forward`` on
+  a clip of ``clip_length`` frames of ``crop_size`` pixels equals pytorchvideo's output (up to
+  float rounding), and stepping that clip from a fresh state with ``pad_end=True`` returns the
+  same; but each SE block pools a whole clip window, so a stream waits ``clip_length - 1`` frames
+  per SE block (delay 220 for X3D-S, 7 s at 30 fps).
+* ``se="clip_forward_frame_steps"``: co3d's CoX3D module as published, two networks in one
+  module (``forward`` is the original X3D, the steps are CoX3D).
 """
 
 from __future__ import annotations
@@ -61,7 +72,7 @@ def x3d(
     crop_size: Optional[int] = None,
     temporal_padding: str = "keep",
     temporal_fill: str = "zeros",
-    se: str = "clip",
+    se: str = "frame",
     head_pool: Optional[int] = None,
     width_factor: float = 2.0,
     depth_factor: Optional[float] = None,
@@ -77,8 +88,12 @@ def x3d(
 
     Args:
         size: "XS" (4-frame clips of 160x160), "S" (13 frames, 160), "M" (16, 224) or "L"
-            (16, 312, depth factor 5.0). ``clip_length``, ``crop_size`` and ``depth_factor``
-            override the size's values.
+            (16, 312, depth factor 5.0), in any case ("s" is "S"). ``clip_length``,
+            ``crop_size`` and ``depth_factor`` override the size's values. Frames smaller than
+            the network's ``min_frame_size()`` (129 pixels for ``crop_size`` 160) raise
+            `cofunc.InputShapeError` when a stream starts (or in ``forward``); larger ones
+            are averaged over space by the head (``net.preprocessing`` gives the published
+            test size, 182 for X3D-S).
         num_classes: outputs of the final projection.
         temporal_padding: "keep" pads time as the regular network (stepping a clip from a fresh
             state with ``pad_end=True`` equals ``forward``); "remove" drops every temporal
@@ -94,11 +109,12 @@ def x3d(
             ``temporal_fill="replicate"``, which co3d's published CoX3D evaluation passes as
             ``--co3d_temporal_fill replicate``). Only the first outputs of a stream differ;
             ``forward`` pads with zeros either way.
-        se: "clip" pools the squeeze-and-excitation input over the whole clip (a centred window
+        se: "frame" (default, the published CoX3D, for streaming) pools the
+            squeeze-and-excitation input of each frame on its own: a short delay, but
+            ``forward`` is then not the original X3D (each frame is gated by its own mean).
+            "clip" (the original X3D, for clips) pools it over the whole clip (a centred window
             of ``2 * clip_length - 1`` frames that counts real frames only: exact for clips of
-            ``clip_length`` frames; delay ``clip_length - 1`` per SE block). "frame" (the
-            published CoX3D) pools each frame on its own: far less delay, but ``forward`` is
-            then not the original X3D (each frame is gated by its own mean).
+            ``clip_length`` frames; delay ``clip_length - 1`` per SE block).
             "clip_forward_frame_steps" is co3d's CoX3D module as published: ``forward`` is the
             regular X3D (clip scope), the step modes use frame scope (its delay); needs
             ``temporal_padding="keep"``.
@@ -119,9 +135,12 @@ def x3d(
         >>> net = x3d("XS", num_classes=5, crop_size=32, stem_dim_in=4, head_dim_out=16, depth_factor=1.0).eval()
         >>> net(torch.randn(1, 3, 4, 32, 32)).shape
         torch.Size([1, 5, 1])
-        >>> net.delay  # stem 2, 11 blocks 1 each, 7 clip-scope SE blocks 3 each, head pool 3
+        >>> net.delay  # stem 2, 11 blocks 1 each, head pool 3 (frame-scope SE adds none)
+        16
+        >>> x3d("XS", num_classes=5, crop_size=32, stem_dim_in=4, head_dim_out=16, depth_factor=1.0, se="clip").delay
         37
     """
+    size = size.upper() if isinstance(size, str) else size
     check_choice("size", size, tuple(X3D_SIZES))
     check_choice("temporal_padding", temporal_padding, TEMPORAL_PADDINGS)
     check_choice("se", se, SE_SCOPES)
