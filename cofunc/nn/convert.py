@@ -56,6 +56,10 @@ def continual(module: nn.Module, *, temporal_window: Optional[int] = None) -> Co
     """The continual equivalent of a torch.nn module, with a copy of its weights.
 
     Continual modules are returned unchanged; ``nn.Sequential`` is converted recursively.
+    torchvision's video classifiers (``r3d_18``, ``mc3_18``, ``r2plus1d_18``, ``s3d`` and their
+    blocks) convert too, keeping torchvision's parameter names: clips ``(B, 3, T, H, W)`` give
+    scores ``(B, K, T')``, one per ``temporal_window`` frames at the final pool (default: the
+    frames a 16-frame clip leaves there), steps ``(B, 3, H, W)`` give ``(B, K)``.
     Unknown types raise `UnsupportedModuleError` (register them with `register`).
     ``temporal_window`` is the number of frames adaptive pools average over in time, and the
     number of tokens attention and transformer modules attend over (a stream has no clip length
