@@ -27,8 +27,10 @@ A layer's step is a pure function, so production paths need no special layer sup
   module under their ``state_dict`` names (``ep.state_dict`` holds ``"params." + name`` for each
   name of `flatten_params`), so the program is self-contained, as the ONNX model is.
 - `export_onnx(layer, params, step_shape, path)` writes the same function as an ONNX model with
-  inputs ``x, s0 .. sN`` and outputs ``y, valid, ns0 .. nsN``; dim 0 of each, the streams, is
-  the symbolic dim ``"streams"``. Feed ``ns*`` back as ``s*`` on the next step.
+  inputs ``x`` and ``state.<path>`` for each state leaf, outputs ``y``, ``valid`` and
+  ``next_state.<path>`` (`onnx_names`); ``<path>`` is the leaf's `state_names` name, such as
+  ``blocks.0.conv.conv_xy.buffer``. Dim 0 of each, the streams, is the symbolic dim
+  ``"streams"``. Feed each ``next_state.<path>`` back as ``state.<path>`` on the next step.
 
 The flat state is the state's leaves in optree's order for the ``"cofunc"`` namespace
 (`flatten_state`); `unflatten_state` rebuilds the state from them. The exported function takes
@@ -61,6 +63,7 @@ from torch import Tensor, nn
 
 from ._errors import ConfigurationError
 from ._layer import TREE_NAMESPACE, Layer, Params, resolve_layer
+from ._state_names import state_names
 
 StepFn = Callable[[Params, Any, Tensor], Tuple[Tensor, Tensor, Any]]
 
@@ -214,14 +217,18 @@ class StepModule(nn.Module):
         return (y, valid, *flatten_state(next_state))
 
 
-def _example_inputs(layer: Layer, params: Params, step_shape: Sequence[int], streams: int):
+def _example_state(layer: Layer, params: Params, step_shape: Sequence[int], streams: int):
     shape = (streams,) + tuple(step_shape[1:])
     reference = next((t for t in optree.tree_leaves(params) if isinstance(t, Tensor) and t.is_floating_point()), None)
     dtype = reference.dtype if reference is not None else torch.get_default_dtype()
     device = reference.device if reference is not None else None
     with torch.no_grad():
         state = layer.init_state(params, shape, device=device, dtype=dtype)
-    x = torch.zeros(shape, dtype=dtype, device=device)
+    return torch.zeros(shape, dtype=dtype, device=device), state
+
+
+def _example_inputs(layer: Layer, params: Params, step_shape: Sequence[int], streams: int):
+    x, state = _example_state(layer, params, step_shape, streams)
     return x, flatten_state(state)
 
 
@@ -252,11 +259,20 @@ def export_step(layer: Layer, params: Params = None, step_shape: Sequence[int] =
         return torch.export.export(module, (x, *leaves), dynamic_shapes=_dynamic_shapes(len(leaves), dynamic_streams))
 
 
-def onnx_names(n_state_leaves: int) -> Tuple[List[str], List[str]]:
-    """``(["x", "s0", ...], ["y", "valid", "ns0", ...])``: the ONNX model's input and output names."""
-    inputs = ["x"] + [f"s{i}" for i in range(n_state_leaves)]
-    outputs = ["y", "valid"] + [f"ns{i}" for i in range(n_state_leaves)]
-    return inputs, outputs
+def onnx_names(layer: Layer, state) -> Tuple[List[str], List[str]]:
+    """The exported step's input and output names for a state of ``layer``:
+    ``(["x", "state.<path>", ...], ["y", "valid", "next_state.<path>", ...])``, one
+    ``<path>`` per state leaf in `flatten_state` order (its `state_names` name). The prefixes
+    keep state names apart from the params' initializers (``state_dict`` names).
+
+    Example:
+        >>> import cofunc
+        >>> layer = cofunc.seq({"conv": cofunc.conv1d(2, 2, 3)})
+        >>> cofunc.onnx_names(layer, layer.init_state(layer.init_params(), (1, 2)))
+        (['x', 'state.conv.buffer', 'state.conv.count'], ['y', 'valid', 'next_state.conv.buffer', 'next_state.conv.count'])
+    """
+    names = state_names(layer, state)
+    return ["x"] + [f"state.{n}" for n in names], ["y", "valid"] + [f"next_state.{n}" for n in names]
 
 
 def export_onnx(layer: Layer, params: Params = None, step_shape: Sequence[int] = None,
@@ -265,8 +281,9 @@ def export_onnx(layer: Layer, params: Params = None, step_shape: Sequence[int] =
                 external_data: bool = False, optimize: bool = True):
     """Write the step to ``path`` as an ONNX model; returns torch's ``ONNXProgram``.
 
-    Inputs ``x, s0 .. sN``, outputs ``y, valid, ns0 .. nsN`` (state leaves in `flatten_state`
-    order; ``valid`` is bool), dim 0 symbolic (``"streams"``) unless ``dynamic_streams=False``.
+    Inputs ``x`` and ``state.<path>``, outputs ``y``, ``valid`` (bool) and ``next_state.<path>``
+    (`onnx_names`: one ``<path>`` per state leaf, its `state_names` name, in `flatten_state`
+    order), dim 0 symbolic (``"streams"``) unless ``dynamic_streams=False``.
     Uses ``torch.onnx.export(..., dynamo=True)`` (needs the ``onnx`` and ``onnxscript``
     packages). The params are initializers named by their ``state_dict`` names; with
     ``external_data=False`` (default) they are stored inside the one ``.onnx`` file.
@@ -274,9 +291,11 @@ def export_onnx(layer: Layer, params: Params = None, step_shape: Sequence[int] =
     Run with onnxruntime::
 
         session = onnxruntime.InferenceSession(path)
-        flat = [t.numpy() for t in flatten_state(layer.init_state(params, (B, C, *S)))]
+        state = layer.init_state(params, (B, C, *S))
+        inputs, _ = onnx_names(layer, state)
+        flat = [t.numpy() for t in flatten_state(state)]
         for frame in frames:
-            y, valid, *flat = session.run(None, {"x": frame, **{f"s{i}": s for i, s in enumerate(flat)}})
+            y, valid, *flat = session.run(None, {"x": frame, **dict(zip(inputs[1:], flat))})
 
     ``export_onnx(net, step_shape, path)`` exports a ``cofunc.nn`` module with its own params.
     """
@@ -287,8 +306,9 @@ def export_onnx(layer: Layer, params: Params = None, step_shape: Sequence[int] =
         raise ConfigurationError("export_onnx: `path` (where to write the .onnx file) is required")
     module = StepModule(layer, params, step_shape).eval()
     streams = 2 if dynamic_streams else int(step_shape[0])
-    x, leaves = _example_inputs(layer, params, step_shape, streams)
-    input_names, output_names = onnx_names(len(leaves))
+    x, state = _example_state(layer, params, step_shape, streams)
+    leaves = flatten_state(state)
+    input_names, output_names = onnx_names(layer, state)
     with warnings.catch_warnings():
         # Every state leaf shares the one "streams" dim; torch warns once per extra use of it.
         warnings.filterwarnings("ignore", message=".*shares the same shape constraints.*")
@@ -308,6 +328,7 @@ __all__ = [
     "export_step",
     "flatten_state",
     "onnx_names",
+    "state_names",
     "state_spec",
     "step_fn",
     "unflatten_state",

@@ -266,8 +266,12 @@ def test_onnx_model_equals_eager_for_two_numbers_of_streams(tmp_path):
     layer, params = network()
     path = tmp_path / "step.onnx"
     export_onnx(layer, params, (3,) + STEP, path)
-    n_leaves = len(flatten_state(layer.init_state(params, (1,) + STEP)))
-    input_names, output_names = onnx_names(n_leaves)
+    input_names, output_names = onnx_names(layer, layer.init_state(params, (1,) + STEP))
+    # Inputs named by the state's paths: "state.<child>.<field>", outputs "next_state.<...>".
+    assert input_names[0] == "x" and output_names[:2] == ["y", "valid"]
+    assert all(n.startswith("state.") for n in input_names[1:]) and len(set(input_names)) == len(input_names)
+    assert output_names[2:] == ["next_" + n for n in input_names[1:]]
+    assert any(n.endswith(".buffer") for n in input_names) and any(n.endswith(".count") for n in input_names)
 
     model = onnx.load(str(path))
     assert [i.name for i in model.graph.input] == input_names
@@ -283,7 +287,7 @@ def test_onnx_model_equals_eager_for_two_numbers_of_streams(tmp_path):
         flat = [t.numpy() for t in flatten_state(layer.init_state(params, xs[:, :, 0].shape))]
         got = []
         for t in range(N_STEPS):
-            feeds = {"x": xs[:, :, t].numpy(), **{f"s{i}": s for i, s in enumerate(flat)}}
+            feeds = {"x": xs[:, :, t].numpy(), **dict(zip(input_names[1:], flat))}
             y, valid, *flat = session.run(None, feeds)
             assert valid.dtype == np.bool_ and valid.shape == (streams,)
             got.append((torch.from_numpy(y), torch.from_numpy(valid)))

@@ -222,6 +222,7 @@ class ContinualModule(nn.Module):
 
     # --- stepping -----------------------------------------------------------------------------
     def _fresh_state(self, layer: Layer, step_shape, like: Tensor):
+        self.__dict__["_co_step_shape"] = step_shape  # what `cofunc.save_state(f, module)` records
         return layer.init_state(self.params, step_shape, device=like.device, dtype=like.dtype)
 
     def _check_step_mode(self) -> None:

@@ -2,16 +2,18 @@
 
 co traced its modules' hidden ``_forward_step`` with TorchScript's exporter, which torch no
 longer supports for them. cofunc exports the pure step of a module's layer instead
-(`cofunc.export_onnx`): inputs ``x, s0 .. sN``, outputs ``y, valid, ns0 .. nsN`` (the state's
-leaves in `cofunc.flatten_state` order; ``valid`` tells per stream whether ``y`` is an output),
-with the number of streams (dim 0) dynamic. Feed ``ns*`` back as ``s*`` on the next step.
+(`cofunc.export_onnx`): inputs ``x`` and ``state.<path>``, outputs ``y``, ``valid`` and
+``next_state.<path>``, one ``<path>`` per state leaf (its `cofunc.state_names` name: the
+layer's module path and the leaf's field, in `cofunc.flatten_state` order; ``valid`` tells per
+stream whether ``y`` is an output), with the number of streams (dim 0) dynamic. Feed each
+``next_state.<path>`` back as ``state.<path>`` on the next step.
 
 Example:
     >>> import torch, tempfile, os, cofunc.nn as co
     >>> net = co.Sequential(co.Conv1d(2, 4, 3), torch.nn.ReLU())
     >>> wrapper = co.onnx.OnnxWrapper(net, step_shape=(1, 2))
     >>> wrapper.state_input_names
-    ['s0', 's1', 's2']
+    ['state.0.buffer', 'state.0.count']
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, List, Optional, Sequence, Tuple, Union
 from torch import Tensor, nn
 
 from .._errors import ConfigurationError
-from .._export import StepModule, _example_inputs, export_onnx
+from .._export import StepModule, _example_inputs, _example_state, export_onnx, onnx_names
 from .module import ContinualModule
 
 __all__ = ["export", "OnnxWrapper"]
@@ -55,13 +57,23 @@ class OnnxWrapper(nn.Module):
     def num_states(self) -> int:
         return self.step.spec.num_leaves
 
+    def _names(self):
+        cached = self.__dict__.get("_co_onnx_names")
+        if cached is None:
+            _, state = _example_state(self.step.layer, self.step.params.tree(), self.step_shape, self.step_shape[0])
+            cached = onnx_names(self.step.layer, state)
+            self.__dict__["_co_onnx_names"] = cached
+        return cached
+
     @property
     def state_input_names(self) -> List[str]:
-        return [f"s{i}" for i in range(self.num_states)]
+        """``state.<path>`` for each state leaf (`cofunc.onnx_names`)."""
+        return self._names()[0][1:]
 
     @property
     def state_output_names(self) -> List[str]:
-        return [f"n{name}" for name in self.state_input_names]
+        """``next_state.<path>`` for each state leaf."""
+        return self._names()[1][2:]
 
     def initial_state(self, streams: Optional[int] = None) -> List[Tensor]:
         """The flat fresh state for ``streams`` streams (``step_shape[0]`` by default)."""
@@ -80,8 +92,9 @@ def export(model: ContinualModule, args: Union[Tuple[Any, ...], Tensor], f: Unio
            keep_initializers_as_inputs: Optional[bool] = None, custom_opsets: Any = None):
     """Export ``model``'s step to the ONNX file ``f`` (co's signature); returns torch's
     ``ONNXProgram``. ``args`` is a step input ``(B, C, *S)`` (or a tuple starting with one): its
-    shape is the step shape; the number of streams is dynamic. The graph's inputs are ``x, s0 ..
-    sN`` and outputs ``y, valid, ns0 .. nsN`` (see the module notes); ``input_names`` /
+    shape is the step shape; the number of streams is dynamic. The graph's inputs are ``x`` and
+    ``state.<path>``, its outputs ``y``, ``valid`` and ``next_state.<path>`` (see the module
+    notes); ``input_names`` /
     ``output_names`` are accepted for co's signature and must not rename them. Options of
     TorchScript's exporter (``training``, ``operator_export_type``, ``custom_opsets``,
     ``keep_initializers_as_inputs``) do not apply to torch's current exporter and are ignored.
