@@ -507,3 +507,17 @@ def test_instance_norm_with_running_statistics_steps_in_eval_mode():
     xs = torch.randn(2, 3, 5, 4, dtype=F64)
     assert torch.equal(module(xs), ref(xs))
     torch.testing.assert_close(torch.stack(module_steps(module, xs), dim=2), ref(xs))
+
+
+def test_reshape_with_an_inferred_size_on_a_chunk_that_emits_nothing():
+    """``reshape(-1)`` after a layer still warming up gets a chunk of no frames: the -1 comes
+    from the frame's size, not from the (empty) chunk."""
+    import cofunc
+
+    layer = cofunc.seq(cofunc.conv2d(2, 3, (3, 1)), cofunc.reshape(-1))
+    params = layer.init_params()
+    state = layer.init_state(params, (1, 2, 4))
+    ys, state = layer.steps(params, state, torch.randn(1, 2, 2, 4))
+    assert ys.shape == (1, 12, 0)
+    ys, state = layer.steps(params, state, torch.randn(1, 2, 3, 4))
+    assert ys.shape == (1, 12, 3)
