@@ -205,13 +205,8 @@ def _memoised_with_rank(fn):
 
 
 def params_shapes_of(params) -> dict:
-    """The nested dict of shapes of a params tree."""
-    return _shapes(params)
-
-
-def _shapes(params) -> dict:
     """The nested dict of shapes of a params tree (the template params are checked against)."""
-    return {k: _shapes(v) if isinstance(v, Mapping) else tuple(v.shape) for k, v in params.items()}
+    return {k: params_shapes_of(v) if isinstance(v, Mapping) else tuple(v.shape) for k, v in params.items()}
 
 
 def _first_mismatch(template: Mapping, params, path: str) -> Optional[str]:
@@ -338,7 +333,7 @@ class Layer:
 
     def params_shapes(self) -> dict:
         """The shape of every params entry this layer reads, nested like its params."""
-        return _shapes(self.init_params(device="meta"))
+        return params_shapes_of(self.init_params(device="meta"))
 
     def check_params(self, params: Params) -> None:
         """Raise `ParamsError` naming the first entry this layer reads that ``params`` lack or
