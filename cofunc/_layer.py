@@ -247,6 +247,13 @@ class Layer:
     def __hash__(self):
         return id(self)
 
+    def __getstate__(self):
+        # Copies and pickles drop the last checked params: a cache of identity, meaningless in a
+        # copy, and it holds tensors (deepcopy refuses non-leaf ones).
+        state = dict(self.__dict__)
+        state.pop("_checked_params", None)
+        return state
+
     def __init_subclass__(cls, **kwargs):
         # Layers are immutable, so their static metadata is computed once per layer: combinators
         # query their children's metadata on every step, recursively.
