@@ -11,7 +11,9 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import optree
@@ -60,6 +62,31 @@ def values_are_concrete(t: Tensor) -> bool:
     if torch._C._functorch.maybe_current_level() is not None:
         return False
     return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+# Set while the outermost `step` knows that every stream has passed the layer's warm-up (and
+# nothing in it is strided), so every sublayer gets a real input in every stream: the children
+# then skip their per-stream masks and host reads. Thread-local (not a ContextVar) because
+# dynamo traces reads of it and guards compiled graphs on its value.
+_HINTS = threading.local()
+
+
+def all_streams_emitting() -> bool:
+    """True inside a step in which every stream of every sublayer gets a real input."""
+    return getattr(_HINTS, "all_emit", False)
+
+
+@contextlib.contextmanager
+def assume_all_streams_emitting():
+    """Run the steps inside as if every stream had finished its warm-up (see
+    `Layer.all_streams_warm`): no per-stream masks. Only correct when that holds; `step` sets
+    it itself after checking, and the compiled all-streams graph is traced under it."""
+    before = all_streams_emitting()
+    _HINTS.all_emit = True
+    try:
+        yield
+    finally:
+        _HINTS.all_emit = before
 
 
 def settled(buffer: Tensor) -> Tensor:
@@ -405,10 +432,31 @@ class Layer:
         `valid`) is zeros, whether the step runs eagerly, vmapped, compiled or exported.
         """
         self.check_call(params, state)
-        y, new_state = self._step(params, state, x)
         if self.delay == 0 and self.stride == 1:  # emits on every step: nothing to mask
-            return y, new_state
+            return self._step(params, state, x)
+        if self.all_streams_warm(state):
+            with assume_all_streams_emitting():
+                return self._step(params, state, x)
+        y, new_state = self._step(params, state, x)
         return zero_invalid(y, self.valid(new_state)), new_state
+
+    def all_streams_warm(self, state: State) -> bool:
+        """Whether the next step from ``state`` emits in every stream, and so does every
+        sublayer: the layer has temporal stride 1 (so has every part of it) and every stream
+        has taken at least ``delay`` steps. One host read; False while tracing (compile, export,
+        vmap), where the masked computation runs unless the caller assumes it
+        (`assume_all_streams_emitting`)."""
+        if all_streams_emitting():
+            return True
+        if self.stride != 1:
+            return False
+        try:
+            count = self.clock(state)
+        except Exception:  # noqa: BLE001 - a malformed state: `_step` raises the proper error
+            return False
+        if not isinstance(count, Tensor) or count.numel() == 0 or not values_are_concrete(count):
+            return False
+        return int(count.min()) >= self.delay
 
     def _step(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
         """`step` without zeroing the outputs that were not emitted (what subclasses implement,
