@@ -42,7 +42,7 @@ test: venv venv-pv
 	$(MAKE) --no-print-directory test-pytorchvideo
 
 test-pytorchvideo: venv-pv
-	PYTHONPATH=$(CURDIR) $(PV_PY) -m pytest -q -p no:cacheprovider -m pytorchvideo tests/test_models_pytorchvideo.py tests/test_checkpoints_pytorchvideo.py
+	PYTHONPATH=$(CURDIR) $(PV_PY) -m pytest -q -p no:cacheprovider -m pytorchvideo tests/test_models_pytorchvideo.py tests/test_checkpoints_pytorchvideo.py tests/test_torchvision_video.py
 
 test-quick: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow and not pytorchvideo"

@@ -123,8 +123,15 @@ class Reshape(Layer):
     def forward(self, params, xs):
         n = self._lead(xs, True)
         moved = xs.movedim(n + 1, n)  # (*B, T, C, *S)
-        y = moved.reshape(tuple(moved.shape[: n + 1]) + self.shape).movedim(n, n + 1)
+        # The -1 from one frame's size: a chunk of no frames (nothing emitted) has none to infer from.
+        y = moved.reshape(tuple(moved.shape[: n + 1]) + self._frame_shape(moved.shape[n + 1:])).movedim(n, n + 1)
         return y.contiguous() if self.contiguous else y
+
+    def _frame_shape(self, frame_shape) -> Tuple[int, ...]:
+        if -1 not in self.shape:
+            return self.shape
+        known = math.prod(s for s in self.shape if s != -1)
+        return tuple(math.prod(frame_shape) // known if s == -1 else s for s in self.shape)
 
     def _steps(self, params, state, xs, clock, pad_end):
         return self.forward(params, xs), state

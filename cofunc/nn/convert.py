@@ -7,6 +7,7 @@ converters (torch.nn's layers and containers) when `cofunc.nn` is imported.
 from __future__ import annotations
 
 import contextvars
+import importlib
 import types
 from typing import Callable, Dict, Optional, Type
 
@@ -20,6 +21,9 @@ Converter = Callable[[nn.Module], ContinualModule]
 
 _CONVERTERS: Dict[Type[nn.Module], Converter] = {}
 _WINDOW: contextvars.ContextVar = contextvars.ContextVar("cofunc_temporal_window", default=None)
+# Converters for other libraries' modules, by top-level package: imported the first time one of
+# that package's modules is converted, so that importing cofunc.nn imports none of them.
+_LAZY_CONVERTERS: Dict[str, str] = {"torchvision": "cofunc.nn._torchvision"}
 
 
 def _is_function(obj) -> bool:
@@ -71,10 +75,9 @@ def continual(module: nn.Module, *, temporal_window: Optional[int] = None) -> Co
         return Lambda(module)
     token = _WINDOW.set(temporal_window if temporal_window is not None else _WINDOW.get())
     try:
-        for cls in type(module).__mro__:
-            converter = _CONVERTERS.get(cls)
-            if converter is not None:
-                return converter(module)
+        converter = _converter_for(type(module))
+        if converter is not None:
+            return converter(module)
     finally:
         _WINDOW.reset(token)
     raise UnsupportedModuleError(
@@ -85,6 +88,19 @@ def continual(module: nn.Module, *, temporal_window: Optional[int] = None) -> Co
     )
 
 
+def _converter_for(cls: type) -> Optional[Converter]:
+    """The converter registered for ``cls`` or its nearest base class (importing the converters
+    for ``cls``'s package first, if cofunc has some)."""
+    package = cls.__module__.split(".")[0]
+    lazy = _LAZY_CONVERTERS.get(package)
+    if lazy is not None:
+        importlib.import_module(lazy)
+        del _LAZY_CONVERTERS[package]
+    for base in cls.__mro__:
+        converter = _CONVERTERS.get(base)
+        if converter is not None:
+            return converter
+    return None
 
 
 def temporal_window() -> Optional[int]:
