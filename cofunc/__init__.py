@@ -63,7 +63,7 @@ from ._export import (
     step_fn,
     unflatten_state,
 )
-from ._layer import Layer, flatten_params, module_params, tree_map, unflatten_params
+from ._layer import Layer, Stateless, flatten_params, module_params, tree_map, unflatten_params
 from ._lift import Lift, lift, lift_module
 from ._pool import (
     AdaptivePool,
@@ -107,6 +107,7 @@ from ._window import WindowLayer, WindowState
 from ._version import __version__  # noqa: E402,F401  (re-exported)
 
 __all__ = [
+    "Stateless",
     "AdaptivePool",
     "AttentionState",
     "Broadcast",

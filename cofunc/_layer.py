@@ -627,9 +627,37 @@ def with_one_batch_dim(fn: Callable[[Tensor], Tensor], x: Tensor, unbatched_rank
     return y.reshape(tuple(lead) + tuple(y.shape[1:]))
 
 
-class StatelessAnyRank:
-    """Mix-in for stateless layers that keep the rank of whatever they get: their ``rank`` field
-    (the non-batch rank of a step) is given, or taken from their neighbours in a `seq`."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Stateless(Layer):
+    """Base of the layers that keep nothing between steps: state ``()``, no clock, delay 0,
+    and a chunk of steps is the clip ``forward``. A subclass implements ``_step`` (one frame)
+    and ``forward`` (a clip).
+
+    Example:
+        >>> import dataclasses, torch, cofunc
+        >>> @dataclasses.dataclass(frozen=True, eq=False)
+        ... class Double(cofunc.Stateless):
+        ...     def _step(self, params, state, x):
+        ...         return 2 * x, state
+        ...     def forward(self, params, xs):
+        ...         return 2 * xs
+        >>> ys, _ = Double().steps({}, (), torch.ones(1, 2, 3))
+        >>> ys[0, 0].tolist()
+        [2.0, 2.0, 2.0]
+    """
+
+    @property
+    def stateful(self) -> bool:
+        return False
+
+    def _steps(self, params, state, xs, clock, pad_end):
+        return self.forward(params, xs), state
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StatelessAnyRank(Stateless):
+    """A `Stateless` layer that keeps the rank of whatever it gets: its ``rank`` field (the
+    non-batch rank of a step) is given, or taken from its neighbours in a `seq`."""
 
     @property
     def step_rank(self):
@@ -639,12 +667,8 @@ class StatelessAnyRank:
     def keeps_rank(self) -> bool:
         return True
 
-    @property
-    def stateful(self) -> bool:
-        return False
-
     def with_rank(self, rank: int):
-        return dataclasses.replace(self, rank=rank)
+        return self if rank == self.rank else dataclasses.replace(self, rank=rank)
 
 
 def module_params(module: torch.nn.Module) -> dict:
