@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import random
-import socket
 
 import pytest
 import torch
@@ -20,20 +19,6 @@ ray = pytest.importorskip("ray")
 from cofunc.distributed import DirectoryStore, RayStreamRunner  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def only_loopback() -> bool:
-    return [name for _, name in socket.if_nameindex()] == ["lo"]
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    if not only_loopback():
-        pytest.skip("the Ray tests start servers: run them inside a private network namespace, "
-                    "`unshare -n sh -c 'ip link set lo up && exec python -m pytest -m ray'` (make test does)")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
-    yield
-    ray.shutdown()
 
 
 def small_cnn():
