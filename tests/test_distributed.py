@@ -188,12 +188,35 @@ def test_streams_of_a_dead_shard_are_restored_on_the_live_one(cluster, tmp_path,
         runner.shutdown()
 
 
+def check_errors(runner):
+    """Bad calls raise cofunc's errors with clear messages and change nothing."""
+    runner.open("a")
+    with pytest.raises(cofunc.StreamIdError, match="already open"):
+        runner.open("a")
+    with pytest.raises(cofunc.StreamIdError, match="no open stream 'b'"):
+        runner.push("b", torch.zeros(FRAME, dtype=torch.float64))
+    with pytest.raises(cofunc.InputShapeError, match=r"\(2, 4, 4\), got shape \(2, 4\)"):
+        runner.push("a", torch.zeros(2, 4, dtype=torch.float64))
+    with pytest.raises(cofunc.DTypeDeviceError, match="float64, got torch.float32"):
+        runner.push_many(["a"], torch.zeros((1,) + FRAME))
+    with pytest.raises(cofunc.StreamIdError, match="str or int"):
+        runner.open(1.5)
+    with pytest.raises(cofunc.ConfigurationError, match="no shard 'shard-9'"):
+        runner.migrate(["a"], "shard-9")
+    with pytest.raises(cofunc.ConfigurationError, match="recover_on is 'restarted' or 'live'"):
+        RayStreamRunner(*small_cnn(), frame_shape=FRAME, store="/tmp/x", recover_on="elsewhere")
+    assert runner.pending() == 0 and runner.close("a") == 0
+    print(runner)
+    assert "shards=2" in repr(runner) and "streams=0" in repr(runner)
+
+
 def test_migration_under_load_draining_and_new_shards(cluster, tmp_path):
     layer, params = small_cnn()
     runner = RayStreamRunner(layer, params, frame_shape=FRAME, shards=2, store=DirectoryStore(tmp_path),
                              checkpoint_every=5)
     rng = random.Random(11)
     try:
+        check_errors(runner)
         sessions = Sessions(runner, seed=9)
 
         def operate(t):
@@ -216,40 +239,17 @@ def test_migration_under_load_draining_and_new_shards(cluster, tmp_path):
             if t == 22:
                 runner.remove_shard("shard-0")
                 assert runner.shards == ["shard-1", "shard-2"]
+            if t == 26:
+                runner.drain("shard-2")
+                with pytest.raises(cofunc.ConfigurationError, match="all draining"):
+                    runner.drain("shard-1")
+                runner.remove_shard("shard-2")
+                with pytest.raises(cofunc.ConfigurationError, match="last shard"):
+                    runner.remove_shard("shard-1")
 
         random_schedule(sessions, rng, 30, list(range(16)), hook=operate, p_open=0.3)
         status = runner.status()
-        assert status["migrations"] > 0 and status["shards"] == 2
-        assert_equal_to_embedded(sessions.finish(), layer, params)
-    finally:
-        runner.shutdown()
-
-
-def test_errors_are_clear_and_disturb_no_stream(cluster, tmp_path):
-    layer, params = small_cnn()
-    runner = RayStreamRunner(layer, params, frame_shape=FRAME, shards=1, store=tmp_path)
-    try:
-        sessions = Sessions(runner)
-        sessions.open("a")
-        with pytest.raises(cofunc.StreamIdError, match="already open"):
-            runner.open("a")
-        with pytest.raises(cofunc.StreamIdError, match="no open stream 'b'"):
-            runner.push("b", torch.zeros(FRAME, dtype=torch.float64))
-        with pytest.raises(cofunc.InputShapeError, match=r"\(2, 4, 4\), got shape \(2, 4\)"):
-            runner.push("a", torch.zeros(2, 4, dtype=torch.float64))
-        with pytest.raises(cofunc.DTypeDeviceError, match="float64, got torch.float32"):
-            runner.push_many(["a"], torch.zeros((1,) + FRAME))
-        with pytest.raises(cofunc.StreamIdError, match="str or int"):
-            runner.open(1.5)
-        with pytest.raises(cofunc.ConfigurationError, match="no shard 'shard-9'"):
-            runner.migrate(["a"], "shard-9")
-        with pytest.raises(cofunc.ConfigurationError, match="last shard"):
-            runner.remove_shard("shard-0")
-        assert runner.pending() == 0
-        for _ in range(5):
-            sessions.push("a")
-        print(runner)
-        assert "shards=1" in repr(runner) and "pending=5" in repr(runner)
+        assert status["migrations"] > 0 and status["shards"] == 1
         assert_equal_to_embedded(sessions.finish(), layer, params)
     finally:
         runner.shutdown()

@@ -118,11 +118,11 @@ class RayStreamRunner:
             raise ConfigurationError(f"RayStreamRunner: needs at least one shard, got shards={shards}")
         if int(checkpoint_every) < 1:
             raise ConfigurationError(f"RayStreamRunner: checkpoint_every must be >= 1, got {checkpoint_every}")
+        if recover_on not in ("restarted", "live"):
+            raise ConfigurationError(f"RayStreamRunner: recover_on is 'restarted' or 'live', got {recover_on!r}")
         self.store = store if isinstance(store, DirectoryStore) else DirectoryStore(store)
         self.checkpoint_every = int(checkpoint_every)
         self.max_restarts = int(max_restarts)
-        if recover_on not in ("restarted", "live"):
-            raise ConfigurationError(f"RayStreamRunner: recover_on is 'restarted' or 'live', got {recover_on!r}")
         self.recover_on = recover_on
         self.restart_timeout = float(restart_timeout)
         self._threads = threads
@@ -495,6 +495,9 @@ class RayStreamRunner:
         """Move every stream off shard ``name`` (least loaded shards first) and give it no new
         ones; `remove_shard` then stops it."""
         shard = self._shard(name)
+        if not [s for s in self._live() if s.name != name]:
+            raise ConfigurationError(f"RayStreamRunner: cannot drain {name}: no other shard takes new streams "
+                                     f"(all draining)")
         shard.draining = True
         for key in sorted(shard.keys):
             self.migrate([self._by_key[key]], self._least_loaded(exclude=[name]).name)
