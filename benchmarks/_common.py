@@ -340,3 +340,81 @@ def bar_plot(path: str, panels: Sequence[Panel], title: str = "", ylabel: str = 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+# --- the physical bound: what the arithmetic and the memory traffic allow --------------------
+
+
+@dataclass(frozen=True)
+class MachineRates:
+    """This machine's measured peak rates at ``threads`` torch threads: ``macs_per_s``, the
+    multiply-adds per second of a large float32 matrix product (1024 x 1024 x 1024), and
+    ``bytes_per_s``, the bytes per second a large copy moves (read + written, 64 MB each way,
+    far beyond the caches). Best of several tries: on a shared machine the best is the
+    closest to what the hardware allows."""
+
+    macs_per_s: float
+    bytes_per_s: float
+    threads: int
+
+    def bound(self, macs: float, nbytes: float) -> float:
+        """Seconds a call needs at least: its multiply-adds at the matrix-product rate or its
+        bytes at the memory bandwidth, whichever takes longer (a roofline)."""
+        return max(macs / self.macs_per_s, nbytes / self.bytes_per_s)
+
+    def cells(self, macs: float, nbytes: float, measured: Timing) -> List[str]:
+        """``[bound (ms), "x of the bound"]`` for a table row."""
+        bound = self.bound(macs, nbytes)
+        which = "MACs" if macs / self.macs_per_s >= nbytes / self.bytes_per_s else "bytes"
+        return [f"{fmt_ms(bound)} ({which})", f"{measured.median / bound:.1f}x"]
+
+    def note(self) -> str:
+        return (f"Physical bound: a call's multiply-adds at the measured matrix-product rate "
+                f"({self.macs_per_s / 1e9:.1f} GMAC/s, float32 1024x1024x1024 mm, {self.threads} thread(s)) or "
+                f"the bytes it must touch (weights and state, each read once) at the measured memory "
+                f"bandwidth ({self.bytes_per_s / 1e9:.1f} GB/s, a 64 MB copy, read + write), whichever is "
+                f"longer; 'x of the bound' = median / bound (1.0x: the hardware's limit).")
+
+
+def measure_rates(threads: int, tries: int = 15) -> MachineRates:
+    """Measure `MachineRates` at ``threads`` torch threads (a few seconds; restores the thread count)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n = 1024
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        out = torch.empty(n, n)
+        src, dst = torch.randn(16 * 2 ** 20), torch.empty(16 * 2 ** 20)  # 64 MB each
+        best_mm = best_copy = float("inf")
+        # One thread: CPU time, which other processes cannot inflate by descheduling this one.
+        now = time.process_time if threads == 1 else time.perf_counter
+        for i in range(tries + 2):
+            start = now()
+            torch.mm(a, b, out=out)
+            t_mm = now() - start
+            start = now()
+            dst.copy_(src)
+            t_copy = now() - start
+            if i >= 2:  # the first calls page the buffers in
+                best_mm, best_copy = min(best_mm, t_mm), min(best_copy, t_copy)
+        return MachineRates(n ** 3 / best_mm, 2 * src.numel() * src.element_size() / best_copy, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def tree_bytes(*trees) -> int:
+    """Bytes of the distinct tensors in nested dicts / tuples / lists (shared storage counted once)."""
+    seen, total = set(), 0
+    stack = list(trees)
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            key = (item.data_ptr(), item.numel(), item.element_size())
+            if key not in seen:
+                seen.add(key)
+                total += item.numel() * item.element_size()
+        elif isinstance(item, Mapping):
+            stack.extend(item.values())
+        elif isinstance(item, (tuple, list)):
+            stack.extend(item)
+    return total

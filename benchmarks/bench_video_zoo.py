@@ -30,9 +30,11 @@ Checks before timing: stepping every continual candidate from a fresh state thro
 clip ``forward`` over those frames (max |diff| within 1e-4 of the largest score); co's clip
 ``forward`` (the regular computation, clip-scope SE) equals the regular network's.
 
-Goals: cofunc at least 2x faster than co per step (eager and compiled, every model); for
-CoX3D-S, a continual step at least 8x faster than recomputing the 13-frame clip (its MACs ratio
-is 12.9x; the seed's FLOPs ratio 12.1x).
+Goals: cofunc at least 2x faster than co per step (CoX3D-S, -M, CoSlow; eager and compiled);
+a continual step faster than recomputing the clip per prediction by at least 8x for CoX3D-S
+(13 frames; MACs ratio 12.9x) and 10x for CoX3D-M and -L (16 frames; 15.9x, 16.0x). Every row
+also shows the physical bound (`_common.MachineRates`): its MACs at the measured matrix-product
+rate or its bytes at the measured memory bandwidth.
 
 Writes ``results/video_zoo.md`` and ``results/video_zoo.png`` and prints the tables.
 
@@ -78,6 +80,8 @@ from _common import (  # noqa: E402
     bench_interleaved,
     environment,
     fmt_ms,
+    measure_rates,
+    tree_bytes,
     write_table,
 )
 
@@ -153,6 +157,8 @@ def co_network(module: nn.Module) -> nn.Module:
         return co.forward_stepping(nn.Dropout(module.p))
     if isinstance(module, cn.LayerModule) and module.layer.label == "identity":
         return co.Identity()
+    if isinstance(module, cn.Lambda) and getattr(module.fn, "__name__", "") == "_unity":  # cn.Identity(), as co's
+        return co.Identity()
     if isinstance(module, cn.Sequential):
         return co.Sequential(OrderedDict((name, co_network(child)) for name, child in module.named_children()))
     raise NotImplementedError(f"co_network: no co counterpart for {type(module).__name__}")
@@ -173,8 +179,12 @@ MODELS: Dict[str, ModelSpec] = {
                        lambda: x3d("S", se="clip", head_activation=None)),
     "x3d_m": ModelSpec("CoX3D-M", lambda: x3d("M", se="frame", head_activation=None),
                        lambda: x3d("M", se="clip", head_activation=None)),
+    "x3d_l": ModelSpec("CoX3D-L", lambda: x3d("L", se="frame", head_activation=None),
+                       lambda: x3d("L", se="clip", head_activation=None)),
     "slow": ModelSpec("CoSlow", lambda: slow_r50(crop_size=256), None),
 }
+# Issue 15: a continual step at least this much faster than recomputing the clip per prediction.
+CLIP_GOALS = {"x3d_s": 8.0, "x3d_m": 10.0, "x3d_l": 10.0}
 
 
 def randomize(net: nn.Module, seed: int) -> nn.Module:
@@ -210,6 +220,8 @@ class Setup:
     diffs: Optional[Dict[str, float]] = None
     step_macs: int = 0
     clip_macs: int = 0
+    step_bytes: int = 0  # weights + state: what a step must read
+    clip_bytes: int = 0  # weights + the clip
 
 
 def build(key: str, seed: int, compile_step: bool) -> Setup:
@@ -284,6 +296,8 @@ def check_outputs(s: Setup) -> None:
     s.eager_state, s.compiled_state = eager_state, compiled_state
     s.step_macs, _ = cofunc.count_macs(layer.step, params, eager_state, s.frame)
     s.clip_macs, _ = cofunc.count_macs(s.regular, s.clip)
+    s.step_bytes = tree_bytes(params, eager_state)
+    s.clip_bytes = tree_bytes(params, s.clip)
 
 
 def candidates(s: Setup) -> Dict[str, Callable[[], object]]:
@@ -351,23 +365,25 @@ def _noise_note(args, results: Dict[str, BenchResult]) -> str:
             "busy were discarded and repeated; " + "; ".join(parts) + ".")
 
 
-def report(args: argparse.Namespace, setups: Dict[str, Setup], results: Dict[str, BenchResult]) -> str:
+def report(args: argparse.Namespace, setups: Dict[str, Setup], results: Dict[str, BenchResult], rates) -> str:
     rows, goals, prediction_rows, panels = [], [], [], []
     for key, r in results.items():
         s = setups[key]
         eager = r[EAGER]
         macs = {EAGER: s.step_macs, COMPILED: s.step_macs, CO: s.step_macs, CLIP: s.clip_macs}
+        nbytes = {EAGER: s.step_bytes, COMPILED: s.step_bytes, CO: s.step_bytes, CLIP: s.clip_bytes}
         for name, t in r.items():
             rows.append([s.spec.title, name, fmt_ms(t.median), f"{fmt_ms(t.p25)} - {fmt_ms(t.p75)}",
-                         f"{macs[name] / 1e9:.3f}", str(Ratio.of(t, eager))])
+                         f"{macs[name] / 1e9:.3f}", f"{nbytes[name] / 1e6:.1f}",
+                         *rates.cells(macs[name], nbytes[name], t), str(Ratio.of(t, eager))])
         for name in (EAGER, COMPILED):
-            if name in r:
+            if name in r and key in ("x3d_s", "x3d_m", "slow"):
                 goals.append(Goal(f"{s.spec.title}: co step / {name}", Ratio.of(r[CO], r[name]), 2.0, at_most=False))
-        if key == "x3d_s":
+        if key in CLIP_GOALS:
             for name in (EAGER, COMPILED):
                 if name in r:
                     goals.append(Goal(f"{s.spec.title}: regular {s.clip.shape[2]}-frame clip / {name}",
-                                      Ratio.of(r[CLIP], r[name]), 8.0, at_most=False))
+                                      Ratio.of(r[CLIP], r[name]), CLIP_GOALS[key], at_most=False))
         prediction_rows.append([
             s.spec.title, f"{s.clip.shape[2]} x {s.clip.shape[-1]}x{s.clip.shape[-1]}",
             f"{s.clip_macs / s.step_macs:.1f}x", str(Ratio.of(r[CLIP], eager)),
@@ -377,7 +393,8 @@ def report(args: argparse.Namespace, setups: Dict[str, Setup], results: Dict[str
         names = list(r)
         panels.append(Panel(f"{s.spec.title} ({s.clip.shape[-1]}x{s.clip.shape[-1]})", names, [r[n] for n in names],
                             [COLORS[n] for n in names]))
-    header = ["model", "candidate", "median (ms)", "p25 - p75 (ms)", "GMACs per call", "time / cofunc eager step"]
+    header = ["model", "candidate", "median (ms)", "p25 - p75 (ms)", "GMACs per call", "MB touched", "bound (ms)",
+              "x of the bound", "time / cofunc eager step"]
     prediction_header = ["model", "clip (frames x pixels)", "MACs: clip / step", "latency: clip / eager step",
                          "latency: clip / compiled step", "latency: co step / eager step"]
     clock = "wall" if args.clock == "wall" else "process CPU"
@@ -389,11 +406,13 @@ def report(args: argparse.Namespace, setups: Dict[str, Setup], results: Dict[str
     notes = [
         "Batch 1, float32, torch.no_grad(); one step = one frame in, one score vector out (every model "
         "predicts at every step); the regular clip is one prediction of sliding-window inference.",
-        "Models: CoX3D-S (13 frames of 160x160) and CoX3D-M (16 of 224) with frame-scope SE, regular X3D = the "
+        "Models: CoX3D-S (13 frames of 160x160), CoX3D-M (16 of 224) and CoX3D-L (16 of 312) with frame-scope SE, regular X3D = the "
         "clip-scope twin (pytorchvideo's X3D) with the same weights; CoSlow = Slow-8x8-R50 on 256x256 frames "
         "(the seed table's convention), regular = its clip forward. Raw scores (no softmax); random batch-norm "
         "statistics.",
-        "GMACs per call: cofunc.count_macs (convolutions and matrix products; co's step does the same MACs).",
+        "GMACs per call: cofunc.count_macs (convolutions and matrix products; co's step does the same MACs). "
+        "MB touched: the weights and the state a step reads (the clip: the weights and the clip).",
+        rates.note(),
         f"Method: every candidate warmed up first, then {args.rounds} rounds x {args.inner} call(s) each, round-robin "
         f"with the order rotated every round; a sample is the mean {clock} time per call over one round. Ratios "
         "are of medians; their p25-p75 is over the ratios paired round by round.",
@@ -409,7 +428,7 @@ def report(args: argparse.Namespace, setups: Dict[str, Setup], results: Dict[str
         notes.insert(0, "QUICK RUN (3 rounds of 1 call on a shared machine): indicative only.")
     text = write_table(
         os.path.join(args.out_dir, "video_zoo.md"), rows, header, notes,
-        title="Video zoo: per-step latency of CoX3D-S, CoX3D-M, CoSlow (cofunc vs co 1.2.4 vs clip inference)"
+        title="Video zoo: per-step latency of CoX3D-S/M/L, CoSlow (cofunc vs co 1.2.4 vs clip inference)"
         + (" (quick run)" if args.quick else ""),
         extra_tables=[
             ("Per prediction", prediction_header, prediction_rows),
@@ -430,6 +449,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     setups: Dict[str, Setup] = {}
     results: Dict[str, BenchResult] = {}
+    rates = measure_rates(args.threads)
     with torch.no_grad():
         for key in args.models:
             print(f"{MODELS[key].title}: building, compiling and checking ...", file=sys.stderr, flush=True)
@@ -442,7 +462,7 @@ def main(argv=None) -> int:
                 max_other_cores=args.max_other_cores, max_seconds=args.max_seconds, clock=args.clock,
                 progress_every=None if args.quick else 60.0,
             )
-    print(report(args, setups, results))
+    print(report(args, setups, results, rates))
     print(f"wrote video_zoo.md and video_zoo.png to {args.out_dir}")
     return 0
 

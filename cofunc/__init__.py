@@ -1,7 +1,23 @@
 """cofunc: functional Continual Inference Networks on torch.func.
 
-Every layer is a `Layer` record of pure functions ``(params, state, x) -> (y, state)`` over
-explicit state pytrees. `cofunc.nn` wraps them as drop-in replacements for co's modules.
+A `Layer` is a frozen dataclass: its fields are the layer's options, its static temporal
+metadata (``delay``, ``receptive_field``, ``stride``, ``padding``) is computed once, and its
+methods are pure functions over explicit params and state pytrees: ``init_params``,
+``init_state``, ``step(params, state, x) -> (y, state)``, ``steps`` (a chunk of steps at once),
+``forward`` (the regular clip computation) and ``valid(state)``. A new leaf layer implements
+``_step`` (the step without output masking), ``forward``, ``init_state`` and, for speed,
+``_steps``; combinators (`seq`, `parallel`, `residual`, ...) compose layers and thread their
+states. `cofunc.nn` wraps layers as drop-in replacements for co's modules; `cofunc.models` holds
+the model zoo. docs/design.md describes the architecture.
+
+Example:
+    >>> import torch, cofunc
+    >>> layer = cofunc.seq(cofunc.conv1d(2, 4, 3), cofunc.lift(torch.relu))
+    >>> params = layer.init_params()
+    >>> state = layer.init_state(params, (1, 2))
+    >>> y, state = layer.step(params, state, torch.randn(1, 2))
+    >>> layer.delay, bool(layer.valid(state))
+    (2, False)
 """
 
 from ._attention import AttentionState, RetroactiveMHA, SingleOutputMHA, retroactive_attention, single_output_attention
@@ -48,7 +64,7 @@ from ._export import (
     step_fn,
     unflatten_state,
 )
-from ._layer import Layer, flatten_params, module_params, tree_map, unflatten_params
+from ._layer import Layer, Stateless, flatten_params, module_params, tree_map, unflatten_params
 from ._lift import Lift, lift, lift_module
 from ._pool import (
     AdaptivePool,
@@ -92,6 +108,7 @@ from ._window import WindowLayer, WindowState
 from ._version import __version__  # noqa: E402,F401  (re-exported)
 
 __all__ = [
+    "Stateless",
     "AdaptivePool",
     "AttentionState",
     "Broadcast",

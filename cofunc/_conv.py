@@ -12,6 +12,7 @@ import dataclasses
 import math
 from typing import Callable, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -219,11 +220,50 @@ class Conv(WindowLayer):
         return with_one_batch_dim(run, window, self.dims + 1)
 
     @property
+    def window_memory_format(self):
+        """Channels-last for depthwise 3-d convolutions with a spatial kernel (X3D's 3x3x3):
+        oneDNN runs them 2-4x faster on a channels-last window than on a contiguous one, with
+        the same result bit for bit (measured for issue 15: ``[1, 54, 3, 80, 80]`` 4.7 -> 1.2
+        ms, ``[1, 216, 3, 10, 10]`` 0.26 -> 0.14 ms, one thread)."""
+        if self.dims == 3 and self._depthwise_in_space:
+            return torch.channels_last_3d
+        return None
+
+    @property
     def _depthwise_in_space(self) -> bool:
         """A depthwise convolution with a spatial kernel (X3D's 3x3x3 convs): folding its time
         taps into the channels would make a grouped convolution with ``kt`` channels per group,
         which torch runs several times slower than the depthwise N-d convolution of the window."""
         return self.dims > 1 and self.groups > 1 and self.in_channels == self.groups and math.prod(self.kernel_size[1:]) > 1
+
+    @property
+    def _pointwise(self) -> bool:
+        """A 1x1(x1) convolution without groups or padding: a matrix product per frame."""
+        return (self.receptive_field == 1 and self.groups == 1 and math.prod(self.kernel_size) == 1
+                and all(lo == 0 and hi == 0 for lo, hi in self._pads[1:]))
+
+    def _matmul(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """A pointwise convolution of frames ``x: (N, C, *S)`` as one matrix product over
+        ``(C, prod(S))``, in whichever layout ``x`` comes: channels-last frames (after a
+        depthwise convolution, see `window_memory_format`) give channels-last outputs.
+
+        The same multiply-adds as the convolution; torch would route a 1x1 convolution at batch
+        1 to its slow 2-d kernel (``_slow_conv2d_forward``, copying channels-last inputs first).
+        """
+        if any(s > 1 for s in self.conv_stride[1:]):
+            x = x[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.conv_stride[1:])]
+        n, spatial = x.shape[0], tuple(x.shape[2:])
+        w = weight.reshape(self.out_channels, self.in_channels)
+        last = x.movedim(1, -1)  # (N, *S, C)
+        if last.is_contiguous():
+            rows = last.reshape(-1, self.in_channels)
+            y = torch.mm(rows, w.t()) if bias is None else torch.addmm(bias, rows, w.t())
+            return y.view((n,) + spatial + (self.out_channels,)).movedim(-1, 1)
+        cols = x.reshape(n, self.in_channels, -1)
+        y = torch.matmul(w, cols)
+        if bias is not None:
+            y = y + bias.unsqueeze(-1)
+        return y.view((n, self.out_channels) + spatial)
 
     def _one_frame(self, window: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """The one output frame of a window of exactly ``receptive_field`` frames ``(N, C, rf, *S)``.
@@ -232,6 +272,8 @@ class Conv(WindowLayer):
         only: the same multiply-adds, but torch runs an (N-1)-d convolution at batch 1 on its
         fast path, where a 3-d one over a few frames falls back to a slow kernel.
         """
+        if self._pointwise:
+            return self._matmul(window.select(2, 0), weight, bias)
         taps = window[:, :, :: self.dilation[0]] if self.dilation[0] > 1 else window
         n, c, kt = taps.shape[:3]
         x = taps.reshape((n, c * kt) + tuple(taps.shape[3:]))

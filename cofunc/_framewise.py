@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError, InputShapeError
-from ._layer import Layer, StatelessAnyRank, check_dtype_device
+from ._layer import Stateless, StatelessAnyRank, check_dtype_device
 from ._lift import Lift
 
 
@@ -36,23 +36,22 @@ def _multiply(params, x, factor):
 
 
 def add(constant: Union[float, Tensor]) -> Lift:
-    """``x + constant``. A tensor constant broadcasts against clips ``(*B, C, T, *S)``; a step is
-    given a time axis of length 1 first, so steps and clips agree (as co's ``Add``).
+    """``x + constant``. A tensor constant broadcasts against each frame and clip as torch
+    broadcasts (trailing axes aligned), so a constant over the non-time axes (``(*S,)`` or
+    ``(C, 1, ..., 1)``) acts alike on steps and clips; `cofunc.nn.Add` is co's variant, whose
+    constant is shaped for clips ``(B, C, T, *S)``.
 
     Example:
         >>> import torch, cofunc
-        >>> layer = cofunc.add(torch.tensor([[[[2.0, 3.0]]]]))
-        >>> layer.step({}, (), torch.ones(1, 1, 2))[0]
+        >>> cofunc.add(torch.tensor([2.0, 3.0])).step({}, (), torch.ones(1, 1, 2))[0]
         tensor([[[3., 4.]]])
     """
-    return Lift(functools.partial(_add, constant=constant), f"add({_short(constant)})",
-                pointwise=not isinstance(constant, Tensor), same_rank=True)
+    return Lift(functools.partial(_add, constant=constant), f"add({_short(constant)})")
 
 
 def multiply(factor: Union[float, Tensor]) -> Lift:
     """``x * factor`` (a tensor factor broadcasts as in `add`)."""
-    return Lift(functools.partial(_multiply, factor=factor), f"multiply({_short(factor)})",
-                pointwise=not isinstance(factor, Tensor), same_rank=True)
+    return Lift(functools.partial(_multiply, factor=factor), f"multiply({_short(factor)})")
 
 
 def constant(value: float) -> Lift:
@@ -75,7 +74,7 @@ def _short(value) -> str:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Reshape(Layer):
+class Reshape(Stateless):
     """Reshape the non-batch, non-time axes: a step ``(*B, *in) -> (*B, *shape)``, a clip
     ``(*B, C, T, *S) -> (*B, shape[0], T, *shape[1:])`` (co's shapes include the batch size;
     cofunc's do not, so one layer serves any batch)."""
@@ -101,10 +100,6 @@ class Reshape(Layer):
     @property
     def out_rank(self):
         return len(self.shape)
-
-    @property
-    def stateful(self):
-        return False
 
     def with_rank(self, rank):
         return dataclasses.replace(self, rank=rank)
@@ -133,9 +128,6 @@ class Reshape(Layer):
         known = math.prod(s for s in self.shape if s != -1)
         return tuple(math.prod(frame_shape) // known if s == -1 else s for s in self.shape)
 
-    def _steps(self, params, state, xs, clock, pad_end):
-        return self.forward(params, xs), state
-
     def step_output_shape(self, input_shape):
         n = 1 if self.rank is None else len(input_shape) - self.rank
         numel = math.prod(input_shape[n:])
@@ -160,7 +152,7 @@ def reshape(*shape: int, contiguous: bool = False) -> Reshape:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Linear(StatelessAnyRank, Layer):
+class Linear(StatelessAnyRank):
     """``torch.nn.Linear`` applied to the channel axis of clips ``(*B, C, T, *S)`` and steps
     ``(*B, C, *S)``; or, with ``channel_dim`` set, to that axis of both (co's convention)."""
 

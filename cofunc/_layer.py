@@ -11,7 +11,9 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
 import optree
@@ -60,6 +62,31 @@ def values_are_concrete(t: Tensor) -> bool:
     if torch._C._functorch.maybe_current_level() is not None:
         return False
     return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+
+
+# Set while the outermost `step` knows that every stream has passed the layer's warm-up (and
+# nothing in it is strided), so every sublayer gets a real input in every stream: the children
+# then skip their per-stream masks and host reads. Thread-local (not a ContextVar) because
+# dynamo traces reads of it and guards compiled graphs on its value.
+_HINTS = threading.local()
+
+
+def all_streams_emitting() -> bool:
+    """True inside a step in which every stream of every sublayer gets a real input."""
+    return getattr(_HINTS, "all_emit", False)
+
+
+@contextlib.contextmanager
+def assume_all_streams_emitting():
+    """Run the steps inside as if every stream had finished its warm-up (see
+    `Layer.all_streams_warm`): no per-stream masks. Only correct when that holds; `step` sets
+    it itself after checking, and the compiled all-streams graph is traced under it."""
+    before = all_streams_emitting()
+    _HINTS.all_emit = True
+    try:
+        yield
+    finally:
+        _HINTS.all_emit = before
 
 
 def settled(buffer: Tensor) -> Tensor:
@@ -205,13 +232,8 @@ def _memoised_with_rank(fn):
 
 
 def params_shapes_of(params) -> dict:
-    """The nested dict of shapes of a params tree."""
-    return _shapes(params)
-
-
-def _shapes(params) -> dict:
     """The nested dict of shapes of a params tree (the template params are checked against)."""
-    return {k: _shapes(v) if isinstance(v, Mapping) else tuple(v.shape) for k, v in params.items()}
+    return {k: params_shapes_of(v) if isinstance(v, Mapping) else tuple(v.shape) for k, v in params.items()}
 
 
 def _first_mismatch(template: Mapping, params, path: str) -> Optional[str]:
@@ -251,6 +273,13 @@ class Layer:
 
     def __hash__(self):
         return id(self)
+
+    def __getstate__(self):
+        # Copies and pickles drop the last checked params: a cache of identity, meaningless in a
+        # copy, and it holds tensors (deepcopy refuses non-leaf ones).
+        state = dict(self.__dict__)
+        state.pop("_checked_params", None)
+        return state
 
     def __init_subclass__(cls, **kwargs):
         # Layers are immutable, so their static metadata is computed once per layer: combinators
@@ -338,7 +367,7 @@ class Layer:
 
     def params_shapes(self) -> dict:
         """The shape of every params entry this layer reads, nested like its params."""
-        return _shapes(self.init_params(device="meta"))
+        return params_shapes_of(self.init_params(device="meta"))
 
     def check_params(self, params: Params) -> None:
         """Raise `ParamsError` naming the first entry this layer reads that ``params`` lack or
@@ -403,10 +432,31 @@ class Layer:
         `valid`) is zeros, whether the step runs eagerly, vmapped, compiled or exported.
         """
         self.check_call(params, state)
-        y, new_state = self._step(params, state, x)
         if self.delay == 0 and self.stride == 1:  # emits on every step: nothing to mask
-            return y, new_state
+            return self._step(params, state, x)
+        if self.all_streams_warm(state):
+            with assume_all_streams_emitting():
+                return self._step(params, state, x)
+        y, new_state = self._step(params, state, x)
         return zero_invalid(y, self.valid(new_state)), new_state
+
+    def all_streams_warm(self, state: State) -> bool:
+        """Whether the next step from ``state`` emits in every stream, and so does every
+        sublayer: the layer has temporal stride 1 (so has every part of it) and every stream
+        has taken at least ``delay`` steps. One host read; False while tracing (compile, export,
+        vmap), where the masked computation runs unless the caller assumes it
+        (`assume_all_streams_emitting`)."""
+        if all_streams_emitting():
+            return True
+        if self.stride != 1:
+            return False
+        try:
+            count = self.clock(state)
+        except Exception:  # noqa: BLE001 - a malformed state: `_step` raises the proper error
+            return False
+        if not isinstance(count, Tensor) or count.numel() == 0 or not values_are_concrete(count):
+            return False
+        return int(count.min()) >= self.delay
 
     def _step(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
         """`step` without zeroing the outputs that were not emitted (what subclasses implement,
@@ -577,9 +627,37 @@ def with_one_batch_dim(fn: Callable[[Tensor], Tensor], x: Tensor, unbatched_rank
     return y.reshape(tuple(lead) + tuple(y.shape[1:]))
 
 
-class StatelessAnyRank:
-    """Mix-in for stateless layers that keep the rank of whatever they get: their ``rank`` field
-    (the non-batch rank of a step) is given, or taken from their neighbours in a `seq`."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Stateless(Layer):
+    """Base of the layers that keep nothing between steps: state ``()``, no clock, delay 0,
+    and a chunk of steps is the clip ``forward``. A subclass implements ``_step`` (one frame)
+    and ``forward`` (a clip).
+
+    Example:
+        >>> import dataclasses, torch, cofunc
+        >>> @dataclasses.dataclass(frozen=True, eq=False)
+        ... class Double(cofunc.Stateless):
+        ...     def _step(self, params, state, x):
+        ...         return 2 * x, state
+        ...     def forward(self, params, xs):
+        ...         return 2 * xs
+        >>> ys, _ = Double().steps({}, (), torch.ones(1, 2, 3))
+        >>> ys[0, 0].tolist()
+        [2.0, 2.0, 2.0]
+    """
+
+    @property
+    def stateful(self) -> bool:
+        return False
+
+    def _steps(self, params, state, xs, clock, pad_end):
+        return self.forward(params, xs), state
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class StatelessAnyRank(Stateless):
+    """A `Stateless` layer that keeps the rank of whatever it gets: its ``rank`` field (the
+    non-batch rank of a step) is given, or taken from its neighbours in a `seq`."""
 
     @property
     def step_rank(self):
@@ -589,12 +667,8 @@ class StatelessAnyRank:
     def keeps_rank(self) -> bool:
         return True
 
-    @property
-    def stateful(self) -> bool:
-        return False
-
     def with_rank(self, rank: int):
-        return dataclasses.replace(self, rank=rank)
+        return self if rank == self.rank else dataclasses.replace(self, rank=rank)
 
 
 def module_params(module: torch.nn.Module) -> dict:

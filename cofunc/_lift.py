@@ -16,17 +16,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import EMPTY_PARAMS, Layer, flatten_params, module_params, params_shapes_of, with_one_batch_dim
+from ._layer import EMPTY_PARAMS, Stateless, flatten_params, module_params, params_shapes_of, with_one_batch_dim
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Lift(Layer):
+class Lift(Stateless):
     """A stateless layer applying ``apply(params, x)`` to each frame and to whole clips.
 
     ``pointwise=True`` means ``apply`` works on tensors of any rank alike (activations, dropout,
     layer norm over trailing spatial axes), so a frame is passed as it is. Otherwise the frame
     is given a time axis of length 1 before ``apply`` and loses it after, and the leading stream
-    dims are flattened into one batch dim when ``rank`` is known.
+    dims are flattened into one batch dim when ``rank`` is known. ``rank`` is the non-batch rank
+    of a step input; ``rank_out`` that of a step output when ``apply`` changes it (a spatial
+    mean), and ``same_rank`` says the output has the input's rank whatever it is.
     """
 
     apply: Callable
@@ -36,6 +38,7 @@ class Lift(Layer):
     template: Optional[nn.Module] = None
     same_rank: bool = False
     frame_loop: bool = False
+    rank_out: Optional[int] = None
 
     @property
     def label(self) -> str:
@@ -44,10 +47,6 @@ class Lift(Layer):
     @property
     def step_rank(self):
         return self.rank
-
-    @property
-    def stateful(self) -> bool:
-        return False
 
     def with_rank(self, rank: int) -> "Lift":
         return self if self.rank == rank else dataclasses.replace(self, rank=rank)
@@ -73,6 +72,8 @@ class Lift(Layer):
 
     @property
     def out_rank(self):
+        if self.rank_out is not None:
+            return self.rank_out
         return self.rank if self.keeps_rank else None
 
     def _step(self, params, state, x):
@@ -86,9 +87,6 @@ class Lift(Layer):
             return self.apply(params, frame.unsqueeze(2)).squeeze(2)
 
         return with_one_batch_dim(on_frame, x, self.rank), state
-
-    def _steps(self, params, state, xs, clock, pad_end):
-        return self.forward(params, xs), state
 
     def forward(self, params, xs):
         self.check_clip_input(xs)

@@ -8,7 +8,7 @@ from typing import Mapping, Tuple, Union
 import torch
 
 from ._errors import ConfigurationError, StateError
-from ._layer import EMPTY_PARAMS, Layer, emits_after, expand_mask, emitted, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
+from ._layer import EMPTY_PARAMS, Layer, all_streams_emitting, assume_all_streams_emitting, emits_after, expand_mask, emitted, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
 
 
 def _resolve_ranks(children):
@@ -182,6 +182,10 @@ class Seq(Layer):
         # The mask of emitting streams is tracked through the children anyway: zero the
         # non-emitting outputs with it rather than from `valid` (no extra work when all emit).
         self.check_call(params, state)
+        self._check_state(state)
+        if self.delay and self.all_streams_warm(state):
+            with assume_all_streams_emitting():
+                return self._run(params, state, x, zero_invalid=False)
         return self._run(params, state, x, zero_invalid=True)
 
     def _step(self, params, state, x):
@@ -190,6 +194,8 @@ class Seq(Layer):
     def _run(self, params, state, x, zero_invalid: bool):
         self._check_state(state)
         mask = None  # None: every stream has a real input for the current child
+        # Every stream past the warm-up (set by the outermost step): no masks, no host reads.
+        check = not all_streams_emitting()
         new_states = list(state)
         y = x
         for i, (name, child) in enumerate(self.children):
@@ -197,7 +203,7 @@ class Seq(Layer):
             if mask is not None and child.stateful:
                 s = tree_where(mask, s, state[i])
             new_states[i] = s
-            if child.delay > 0 or child.stride > 1:
+            if check and (child.delay > 0 or child.stride > 1):
                 v = child.valid(s)
                 mask = v if mask is None else mask & v
                 if values_are_concrete(mask):

@@ -193,8 +193,6 @@ def stack_streams(states: Sequence) -> object:
         raise StateError("stack_streams: expected at least one state, got none")
     for i, other in enumerate(states[1:], 1):
         _check_alike("stack_streams", states[0], other, f"state {i}", None)
-    if not _leaves(states[0]):
-        raise StateError("stack_streams: the states hold no tensors (a stateless layer has no streams to stack)")
     return tree_map(lambda *leaves: torch.stack(leaves), *states)
 
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from ._attention import AttentionState, RetroactiveMHA, SingleOutputMHA, _MultiheadAttention, full_attention, single_query_attention
 from ._errors import ConfigurationError, InputShapeError, StateError
-from ._layer import NO_STATE, Layer, check_dtype_device, detach_params, module_params
+from ._layer import NO_STATE, Layer, Stateless, StatelessAnyRank, check_dtype_device, detach_params, module_params
 from ._seq import Seq
 
 Activation = Union[str, Callable[[Tensor], Tensor]]
@@ -361,7 +361,7 @@ class RetroactiveEncoderLayer(_StatefulEncoderLayer):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class WindowEncoderLayer(_EncoderBlock):
+class WindowEncoderLayer(_EncoderBlock, Stateless):
     """A regular encoder layer applied to the window of tokens each step brings (stateless).
 
     A step is a window ``(*B, E, N)`` (what a retroactive layer emits); a clip is ``(*B, E, T,
@@ -386,10 +386,6 @@ class WindowEncoderLayer(_EncoderBlock):
     @property
     def out_rank(self) -> int:
         return 2 if self.query_index is None else 1
-
-    @property
-    def stateful(self) -> bool:
-        return False
 
     def __post_init__(self):
         # Only the attention's projection helpers are used: the window length comes with each input.
@@ -430,12 +426,9 @@ class WindowEncoderLayer(_EncoderBlock):
         ys = self._apply(params, xs.movedim(-3, -1))  # (*B, T, N, E) -> (*B, T, N, E) or (*B, T, E)
         return ys.movedim(-1, -3) if self.query_index is None else ys.transpose(-1, -2)
 
-    def _steps(self, params, state, xs, clock, pad_end):
-        return self.forward(params, xs), state
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ChannelLayerNorm(Layer):
+class ChannelLayerNorm(StatelessAnyRank):
     """``nn.LayerNorm(num_channels)`` over the channel axis of steps ``(*B, C, *S)`` and clips
     ``(*B, C, T, *S)`` (stateless; params ``weight`` and ``bias`` as nn.LayerNorm's)."""
 
@@ -448,21 +441,6 @@ class ChannelLayerNorm(Layer):
     @property
     def label(self) -> str:
         return f"channel_layer_norm({self.num_channels})"
-
-    @property
-    def step_rank(self):
-        return self.rank
-
-    @property
-    def keeps_rank(self) -> bool:
-        return True
-
-    @property
-    def stateful(self) -> bool:
-        return False
-
-    def with_rank(self, rank):
-        return self if rank == self.rank else dataclasses.replace(self, rank=rank)
 
     def init_params(self, *, device=None, dtype=None):
         module = nn.LayerNorm(self.num_channels, self.eps, self.elementwise_affine, self.bias, device=device, dtype=dtype)
@@ -484,9 +462,6 @@ class ChannelLayerNorm(Layer):
 
     def forward(self, params, xs):
         return self._apply(params, xs, self._axis(True))
-
-    def _steps(self, params, state, xs, clock, pad_end):
-        return self.forward(params, xs), state
 
 
 def channel_layer_norm(num_channels: int, eps: float = 1e-5, elementwise_affine: bool = True, bias: bool = True) -> ChannelLayerNorm:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ._layer import (
     Layer,
+    all_streams_emitting,
     check_dtype_device,
     emits_after,
     empty_clip,
@@ -59,6 +60,12 @@ class WindowLayer(Layer):
 
     def window_op(self, params, window: Tensor, time_stride: int) -> Tensor:
         raise NotImplementedError
+
+    @property
+    def window_memory_format(self) -> Optional[torch.memory_format]:
+        """The memory format the step builds its window in (None: contiguous). The buffered
+        frames are views of the window, so they keep it from step to step."""
+        return None
 
     def rescale(self, ys: Tensor, steps, end: Optional[int]) -> Tensor:
         """Correct outputs whose windows hold padding, for ops that cannot (average divisors).
@@ -111,10 +118,11 @@ class WindowLayer(Layer):
         if not self.stateful:
             return self.window_op(params, frame, 1).squeeze(axis), state
         buffer, count = state
-        if self.fill == "replicate" and buffer.shape[axis] > 0:
+        if self.fill == "replicate" and buffer.shape[axis] > 0 and not all_streams_emitting():
+            # (Past the warm-up every stream has a first frame: nothing to replicate.)
             first = expand_mask(count == 0, buffer)
             buffer = torch.where(first, frame.expand_as(buffer), buffer)
-        window = torch.cat([buffer, frame], dim=axis)
+        window = self._window(buffer, frame, axis, count)
         next_state = WindowState(settled(window.narrow(axis, 1, self.receptive_field - 1)), count + 1)
         if self.stride > 1 and values_are_concrete(count):
             # Strided steps without output in any stream cost no window operation.
@@ -122,6 +130,21 @@ class WindowLayer(Layer):
                 return window.new_zeros(self.step_output_shape(x.shape)), next_state
         y = self.window_op(params, window, 1).squeeze(axis)
         return self.rescale(y, count, None), next_state
+
+    def _window(self, buffer: Tensor, frame: Tensor, axis: int, count: Tensor) -> Tensor:
+        """The buffered frames and the new one, ``(*B, C, receptive_field, *S)``."""
+        fmt = self.window_memory_format
+        if fmt is None or buffer.dim() != 5 or not values_are_concrete(count):
+            return torch.cat([buffer, frame], dim=axis)
+        # Written into a window of the op's preferred layout, a copy as `cat` makes; the next
+        # buffer is a view of it, so from the second step on no frame is ever re-laid out.
+        shape = list(buffer.shape)
+        shape[axis] += 1
+        window = torch.empty(shape, dtype=buffer.dtype, device=buffer.device, memory_format=fmt)
+        keep = buffer.shape[axis]
+        window.narrow(axis, 0, keep).copy_(buffer)
+        window.narrow(axis, keep, 1).copy_(frame)
+        return window
 
     def _emit(self, params, window: Tensor, clock: int, n_new: int, step_shape, end: Optional[int]) -> Tensor:
         """The outputs of steps ``clock .. clock + n_new - 1``, whose frames end ``window``."""

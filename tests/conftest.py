@@ -287,3 +287,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# --- a local Ray cluster (tests marked `ray`) ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A local Ray cluster for the session, shut down at its end. Ray binds to the machine's
+    interface address whatever it is asked, so the tests only start one inside a private network
+    namespace (loopback only), as `make test` runs them."""
+    import socket
+
+    if [name for _, name in socket.if_nameindex()] != ["lo"]:
+        pytest.skip("the Ray tests start servers: run them inside a private network namespace, "
+                    "`unshare -n sh -c 'ip link set lo up && exec python -m pytest -m ray'` (make test does)")
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
+    yield ray
+    ray.shutdown()

@@ -162,3 +162,10 @@ def test_step_streams_on_a_stateless_layer_takes_the_streams_from_the_input():
     assert torch.equal(y[1], torch.zeros(3))
     with pytest.raises(cofunc.StateError, match="4 streams"):
         cofunc.step_streams(layer, params, (), x, [True])
+
+
+def test_stack_streams_of_stateless_states_is_the_empty_state():
+    """Generic code stacks whatever init_state gives, stateless layers included."""
+    layer = cofunc.linear(2, 3)
+    one = layer.init_state(layer.init_params(), (2,))
+    assert cofunc.stack_streams([one, one]) == ()

@@ -11,7 +11,6 @@ Shapes: clips ``(B, C, T, H, W)``, steps ``(B, C, H, W)``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections import OrderedDict
 from typing import Optional
@@ -67,17 +66,6 @@ def round_repeats(repeats, multiplier):
     return int(math.ceil(multiplier * repeats))
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class _RankLift(Lift):
-    """A per-frame function that changes the rank of a frame from ``rank`` to ``out``."""
-
-    out: int = 1
-
-    @property
-    def out_rank(self):
-        return self.out
-
-
 # Module-level functions, not lambdas, so that models pickle (torch.save, deepcopy, workers).
 def _mean_hw(params, x):
     return x.mean(dim=(-2, -1))
@@ -95,12 +83,12 @@ def spatial_mean() -> Lift:
     """The mean over the two spatial axes: frames ``(*B, C, H, W) -> (*B, C)``, clips
     ``(*B, C, T, H, W) -> (*B, C, T)``. Ends the models: pytorchvideo's ``output_pool``
     averages the head's 1x1 map (a no-op there); here the time axis stays."""
-    return _RankLift(_mean_hw, "spatial_mean", pointwise=False, rank=3, out=1)
+    return Lift(_mean_hw, "spatial_mean", pointwise=False, rank=3, rank_out=1)
 
 
 def spatial_unsqueeze() -> Lift:
     """Frames ``(*B, C) -> (*B, C, 1, 1)``, clips ``(*B, C, T) -> (*B, C, T, 1, 1)``."""
-    return _RankLift(_unsqueeze_hw, "spatial_unsqueeze", pointwise=False, rank=1, out=3)
+    return Lift(_unsqueeze_hw, "spatial_unsqueeze", pointwise=False, rank=1, rank_out=3)
 
 
 class SpatialMean(cn.LayerModule):

@@ -39,7 +39,6 @@ Example (CoST-GCN*: after 299 warm-up frames, one prediction per frame)::
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 from collections import OrderedDict
@@ -107,25 +106,14 @@ def _init_bn(bn: nn.modules.batchnorm._BatchNorm, weight: float = 1.0) -> None:
 # --- per-frame modules ------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class FrameLift(Lift):
-    """A per-frame function whose frames change rank: ``rank`` in, ``out`` out."""
-
-    out: Optional[int] = None
-
-    @property
-    def out_rank(self):
-        return self.out if self.out is not None else super().out_rank
-
-
 def _mean_joints(params, x):  # module level, not a lambda: models pickle
     return x.mean(dim=-1)
 
 
-def spatial_mean() -> FrameLift:
+def spatial_mean() -> Lift:
     """The mean over the spatial axis: frames ``(*B, C, S) -> (*B, C)``, clips
     ``(*B, C, T, S) -> (*B, C, T)``."""
-    return FrameLift(_mean_joints, "spatial_mean", pointwise=False, rank=2, out=1)
+    return Lift(_mean_joints, "spatial_mean", pointwise=False, rank=2, rank_out=1)
 
 
 class SpatialMean(cn.LayerModule):
@@ -151,9 +139,9 @@ class FrameModule(cn.ContinualModule):
     def _build_layer(self):
         # A partial, not a closure: deep copies of the module (and of its cached layer) then
         # step the copy, not the original.
-        return FrameLift(functools.partial(_frame_apply, self), type(self).__name__, pointwise=False,
-                         rank=self._step_rank, template=self, same_rank=self._step_rank == self._out_rank,
-                         out=self._out_rank)
+        return Lift(functools.partial(_frame_apply, self), type(self).__name__, pointwise=False,
+                    rank=self._step_rank, template=self, same_rank=self._step_rank == self._out_rank,
+                    rank_out=self._out_rank)
 
 
 

@@ -23,14 +23,9 @@ class LiftedModule(ContinualModule):
     def _build_layer(self):
         return lift_module(self, follow_training=True)
 
-    @property
-    def layer(self):
+    def _layer_key(self):
         # The lifted layer calls this module's own forward, so a deep copy must build its own.
-        cached = self.__dict__.get("_co_lifted")
-        if cached is None or cached[0] != id(self):
-            cached = (id(self), self._build_layer())
-            self.__dict__["_co_lifted"] = cached
-        return cached[1]
+        return id(self)
 
     def __reduce_ex__(self, protocol):
         # The class is made at run time, so pickle cannot find it by name: rebuild it from the

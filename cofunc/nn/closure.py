@@ -27,7 +27,7 @@ class LayerModule(ContinualModule):
 
     def __init__(self, layer: Layer):
         super().__init__()
-        self.__dict__["_co_layer"] = layer
+        self.__dict__["_co_source"] = layer
 
     def forward(self, input):
         return self._layer_for(_rank_of_clip(input)).forward(self.params, input)

@@ -41,14 +41,8 @@ class _Branches(ContinualModule):
     def _branch_layers(self):
         return tuple((name, module._hooked_layer()) for name, module in self._modules.items())
 
-    @property
-    def layer(self):
-        key = tuple(id(module._hooked_layer()) for module in self._modules.values())
-        cached = self.__dict__.get("_co_cached")
-        if cached is None or cached[0] != key:
-            cached = (key, self._build_layer())
-            self.__dict__["_co_cached"] = cached
-        return cached[1]
+    def _layer_key(self):
+        return tuple(id(module._hooked_layer()) for module in self._modules.values())
 
 
     def __getitem__(self, index):
@@ -67,8 +61,10 @@ class Broadcast(LayerModule):
         ContinualModule.__init__(self)
         self.num_streams = num_streams
 
-    @property
-    def layer(self):
+    def _layer_key(self):
+        return self.num_streams
+
+    def _build_layer(self):
         if self.num_streams is None:
             raise ConfigurationError("Broadcast: num_streams is unknown; give it, or follow the Broadcast by a Parallel in a Sequential")
         return comb.broadcast(self.num_streams)
@@ -348,14 +344,11 @@ class Sequential(ContinualModule, nn.Sequential):
         self._infer_broadcasts()
         return out
 
-    @property
-    def layer(self) -> Seq:
-        children = tuple((name, m._hooked_layer()) for name, m in self._modules.items())
-        cached = self.__dict__.get("_co_cached")
-        if cached is None or cached[0] != tuple(id(layer) for _, layer in children):
-            cached = (tuple(id(layer) for _, layer in children), Seq(children))
-            self.__dict__["_co_cached"] = cached
-        return cached[1]
+    def _layer_key(self):
+        return tuple(id(m._hooked_layer()) for m in self._modules.values())
+
+    def _build_layer(self) -> Seq:
+        return Seq(tuple((name, m._hooked_layer()) for name, m in self._modules.items()))
 
 
     def forward(self, input):

@@ -41,7 +41,7 @@ class Delay(ContinualModule):
             layer = DelayLayer(delay, rank, window=delay + 1, end=0)
         else:
             layer = DelayLayer(delay, rank)
-        self.__dict__["_co_layer"] = layer
+        self.__dict__["_co_source"] = layer
         self.temporal_fill = temporal_fill
         self.auto_shrink = auto_shrink
 
@@ -49,7 +49,8 @@ class Delay(ContinualModule):
     def _from_layer(cls, layer: DelayLayer) -> "Delay":
         """The module of a frame-selecting core layer (a residual's aligned branch)."""
         module = cls(layer.n, rank=layer.rank)
-        module.__dict__["_co_layer"] = layer
+        module.__dict__["_co_source"] = layer
+        module.__dict__.pop("_co_layer", None)
         if layer.end != layer.n:
             module.auto_shrink = "lagging" if layer.window == layer.n + 1 else True
         return module

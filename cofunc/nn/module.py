@@ -79,15 +79,27 @@ class ContinualModule(nn.Module):
 
     # --- the functional view ----------------------------------------------------------------
     def _build_layer(self) -> Layer:
-        raise NotImplementedError
+        """The layer of this module's current options and children (subclasses override). The
+        default returns the layer a module was given at construction (``_co_source``)."""
+        source = self.__dict__.get("_co_source")
+        if source is None:
+            raise NotImplementedError(f"{type(self).__name__} implements no _build_layer")
+        return source
+
+    def _layer_key(self) -> Any:
+        """What the layer depends on beyond options fixed at construction (children's layers, the
+        module's identity): the cached layer is rebuilt when the key changes. None: built once."""
+        return None
 
     @property
     def layer(self) -> Layer:
-        """The cofunc `Layer` this module runs."""
-        layer = self.__dict__.get("_co_layer")
-        if layer is None:
+        """The cofunc `Layer` this module runs (cached; see `_layer_key`)."""
+        key = self._layer_key()
+        cache = self.__dict__
+        layer = cache.get("_co_layer")
+        if layer is None or cache.get("_co_layer_key") != key:
             layer = self._build_layer()
-            self.__dict__["_co_layer"] = layer
+            cache["_co_layer"], cache["_co_layer_key"] = layer, key
         return layer
 
     def _layer_for(self, rank: int, mode: str = "forward") -> Layer:
@@ -194,16 +206,15 @@ class ContinualModule(nn.Module):
         return cached[1]
 
     # --- pickling, copies, state dicts -------------------------------------------------------
-    _REBUILT_ON_DEMAND = ("_co_params", "_co_norms", "_co_lifted", "_co_cached", "_co_hooked")
+    _REBUILT_ON_DEMAND = ("_co_layer", "_co_layer_key", "_co_params", "_co_norms", "_co_cached", "_co_hooked")
 
     def __getstate__(self):
         # Caches are rebuilt on demand (and may hold functions that do not pickle); the stream
-        # state is kept, so a pickled module continues its stream.
+        # state and a layer given at construction (`_co_source`) are kept, so a pickled module
+        # continues its stream.
         state = dict(self.__dict__)
         for key in self._REBUILT_ON_DEMAND:
             state.pop(key, None)
-        if type(self)._build_layer is not ContinualModule._build_layer:  # rebuilt from the options
-            state.pop("_co_layer", None)
         return state
 
     def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False, flatten: bool = False):

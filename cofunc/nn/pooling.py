@@ -106,7 +106,7 @@ class _AdaptivePoolAdapter(ContinualModule):
                 f"clip length to adapt to); continual(nn.{type(self).__name__}) takes it as temporal_window="
             )
         self.output_size = output_size
-        self.__dict__["_co_layer"] = AdaptivePool(self._kind, self._dims, output_size, kernel_size, stride, padding, dilation)
+        self.__dict__["_co_source"] = AdaptivePool(self._kind, self._dims, output_size, kernel_size, stride, padding, dilation)
 
     @property
     def kernel_size(self):

@@ -42,7 +42,7 @@ class RecyclingPositionalEncoding(ContinualModule):
 
     def __init__(self, embed_dim: int, num_embeds: int, learned: bool = True, forward_update_index_steps: int = 1):
         super().__init__()
-        self.__dict__["_co_layer"] = RecyclingPositionalEncodingLayer(embed_dim, num_embeds, learned)
+        self.__dict__["_co_source"] = RecyclingPositionalEncodingLayer(embed_dim, num_embeds, learned)
         self.pe = nn.Embedding(num_embeds, embed_dim) if learned else _CyclicPattern(num_embeds, embed_dim)
         self.forward_update_index_steps = forward_update_index_steps
 
