@@ -20,7 +20,8 @@ table shows the physical bound of a tick (its MACs at the measured matrix-produc
 bytes of weights and state at the measured bandwidth).
 Writes ``results/streams.md`` and ``results/streams.png``.
 
-Usage: ``python benchmarks/bench_streams.py [--quick] [--threads N] [--streams N]``.
+Usage: ``python benchmarks/bench_streams.py [--quick] [--threads N] [--streams N] [--rounds R]
+[--clock wall|cpu]``.
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--streams", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time (default), or process CPU time (a contention-proof cost with --threads 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -131,7 +134,7 @@ def main(argv=None) -> int:
         tick_macs, _ = cofunc.count_macs(layer.step, params, states["cofunc batched"], frames)
     tick_bytes = tree_bytes(params, states["cofunc batched"])
     with torch.no_grad():
-        result = bench_interleaved(fns, rounds=rounds, inner=1, warmup=2)
+        result = bench_interleaved(fns, rounds=rounds, inner=1, warmup=2, clock=args.clock)
 
     names = list(fns)
     fps = {name: n / result[name].median for name in names}
@@ -148,7 +151,7 @@ def main(argv=None) -> int:
         f"A tick (all {n} streams) does {tick_macs / 1e9:.3f} GMACs and reads {tick_bytes / 1e6:.1f} MB of weights and state. "
         + rates.note(),
         "Before timing, every candidate's outputs and empty steps were checked against co's per-stream modules over 32 ticks (the compiled step switches to its warm graph at tick 25).",
-        f"Interleaved rounds: {result.rounds_kept} (one tick per candidate per round); other processes kept "
+        f"Interleaved rounds: {result.rounds_kept} (one tick per candidate per round, {args.clock} clock); other processes kept "
         f"{result.other_cores:.2f} cores busy on average.",
     ] + environment(args.threads)
     text = write_table(os.path.join(HERE, "results", "streams.md"), rows,
