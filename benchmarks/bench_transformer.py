@@ -20,8 +20,11 @@ Candidates, timed side by side in one process:
   lower bound (one-token in-projection, attention over the window, one-token out-projection and
   feed-forward), cofunc's step, the nn adapter's step (and the compiled step).
 
+- 1-layer, throughput: one step of 64 independent streams at once (a tick), per stream.
+
 Goals: 2-layer step >= 2x cheaper than the clip forward and >= 4x faster than co's step;
-1-layer step >= 20x cheaper than its clip forward. Writes ``results/transformer.md`` and
+1-layer step >= 20x cheaper than its clip forward, at batch 1 and per stream at 64 streams.
+Every row shows the physical bound (`_common.MachineRates`). Writes ``results/transformer.md`` and
 ``results/transformer.png`` and prints the tables.
 
 Usage: ``python benchmarks/bench_transformer.py [--quick] [--threads N] [--clock cpu] [--compile]``.
@@ -56,7 +59,10 @@ from _common import (  # noqa: E402
     bar_plot,
     bench_interleaved,
     environment,
+    Timing,
     fmt_ms,
+    measure_rates,
+    tree_bytes,
     write_table,
 )
 from cofunc._layer import unflatten_params  # noqa: E402
@@ -64,6 +70,7 @@ from cofunc._transformer import transformer_encoder  # noqa: E402
 from cofunc.nn.transformer import TransformerEncoder as CnTransformerEncoder  # noqa: E402
 
 D, HEADS, FF, N = 512, 8, 2048, 64
+STREAMS = 64  # the throughput candidate: one tick steps this many independent streams
 HEAD_DIM = D // HEADS
 ATOL, RTOL = 1e-4, 1e-4  # float32, d=512: different summation orders than torch's fused kernels
 
@@ -192,7 +199,28 @@ class Model:
             fns["cofunc step, compiled"] = compiled_step
         if self.co is not None:
             fns["co step"] = lambda: self.co.forward_step(self.token)
+        if self.num_layers == 1:
+            fns["cofunc step, 64 streams"] = self.streams_candidate()
         return fns
+
+    def streams_candidate(self) -> Callable[[], Any]:
+        """One tick of `STREAMS` independent streams (one batched step), checked first: after
+        N + 8 tokens each stream's output equals the clip forward on its own window."""
+        g = torch.Generator().manual_seed(11)
+        streams = torch.randn(STREAMS, D, N + 8, generator=g)
+        state = self.enc.init_state(self.params, (STREAMS, D))
+        for t in range(streams.shape[-1]):
+            y, state = self.enc.step(self.params, state, streams[:, :, t])
+        want = self.ref(streams[:, :, -N:].transpose(1, 2))[:, -1]
+        torch.testing.assert_close(y, want, atol=ATOL, rtol=RTOL)
+        self.streams_diff = float((y - want).abs().max())
+        self.streams_state = state
+        tokens, box = streams[:, :, -1], [state]
+
+        def tick():
+            box[0] = self.enc.step(self.params, box[0], tokens)[1]
+
+        return tick
 
 
 def _one_token_layer(layer, token, keys, values, full_window: bool = False):
@@ -257,7 +285,8 @@ NAMES = {
         "cofunc step, compiled": "cofunc step, compiled (2 layers)", "co step": "co forward_step (2 layers)"},
     1: {"clip": "nn.TransformerEncoder clip, 64 tokens (1 layer)", "lower bound": "lower bound: bare torch ops (1 layer)",
         "cofunc step": "cofunc step (1 layer)", "cofunc.nn step": "cofunc.nn forward_step (1 layer)",
-        "cofunc step, compiled": "cofunc step, compiled (1 layer)"},
+        "cofunc step, compiled": "cofunc step, compiled (1 layer)",
+        "cofunc step, 64 streams": f"cofunc step, {STREAMS} streams, per tick (1 layer)"},
 }
 
 
@@ -268,21 +297,30 @@ def color(key: str) -> str:
 
 
 def report(args, timings: BenchResult, keys: Dict[str, tuple], diffs: Dict[int, Dict[str, float]],
-           compile_seconds: Dict[int, float]) -> str:
+           compile_seconds: Dict[int, float], rates, nbytes: Dict[str, int]) -> str:
     rows = []
     for name, t in timings.items():
         depth, key = keys[name]
         flop = FLOP[f"clip{depth}"] if key == "clip" else FLOP[f"step{depth}"] if key != "co step" else None
+        touched = nbytes[f"clip{depth}"] if key == "clip" else nbytes[f"step{depth}"]
+        if key == "cofunc step, 64 streams":
+            flop, touched = flop * STREAMS, nbytes["streams"]
         clip = timings[NAMES[depth]["clip"]]
         rows.append([name, fmt_ms(t.median), f"{fmt_ms(t.p25)} - {fmt_ms(t.p75)}",
                      f"{flop / 1e6:.0f}" if flop else "-", f"{flop / t.median / 1e9:.1f}" if flop else "-",
+                     f"{touched / 1e6:.1f}", *(rates.cells(flop / 2, touched, t) if flop else ["-", "-"]),
                      str(Ratio.of(clip, t))])
-    header = ["candidate", "median (ms)", "p25 - p75 (ms)", "MFLOP per call", "GFLOP/s", "clip forward / this"]
+    header = ["candidate", "median (ms)", "p25 - p75 (ms)", "MFLOP per call", "GFLOP/s", "MB touched", "bound (ms)",
+              "x of the bound", "clip forward / this"]
     n2, n1 = NAMES[2], NAMES[1]
+    tick = timings[n1["cofunc step, 64 streams"]]
+    per_stream = Timing(tick.samples / STREAMS)
     goals = [
         Goal("2 layers: clip forward / cofunc step", Ratio.of(timings[n2["clip"]], timings[n2["cofunc step"]]), 2.0, at_most=False),
         Goal("2 layers: co step / cofunc step", Ratio.of(timings[n2["co step"]], timings[n2["cofunc step"]]), 4.0, at_most=False),
         Goal("1 layer: clip forward / cofunc step", Ratio.of(timings[n1["clip"]], timings[n1["cofunc step"]]), 20.0, at_most=False),
+        Goal(f"1 layer, {STREAMS} streams: clip forward per prediction / step per stream (tick / {STREAMS})",
+             Ratio.of(timings[n1["clip"]], per_stream), 20.0, at_most=False),
     ]
     context = [
         Goal("2 layers: clip forward / lower bound (cofunc's arithmetic in bare ops)", Ratio.of(timings[n2["clip"]], timings[n2["lower bound"]]), 2.0, at_most=False),
@@ -318,6 +356,11 @@ def report(args, timings: BenchResult, keys: Dict[str, tuple], diffs: Dict[int, 
         + ". co's 2-layer encoder is correct only for its first N - 1 emitted steps (its `RetroactiveUnity` "
         "residual wraps its index modulo N - 1 instead of N); its timing does not depend on that.",
         "The functional step carries its state from call to call; the adapters' and co's stored states advance.",
+        f"Throughput: `cofunc step, {STREAMS} streams` is one batched step of {STREAMS} independent streams (a tick); "
+        f"per stream it costs {fmt_ms(per_stream.median)} ms. Checked first: after {N + 8} tokens every stream's "
+        f"output equals the clip forward on its own window (largest |diff| {diffs[1].get('streams', float('nan')):.1e}). "
+        "With many streams the weights are read once per tick, so the one-token products become matrix products.",
+        "MB touched: the weights and the state a call reads (the clip: the weights and the window). " + rates.note(),
     ]
     if compile_seconds:
         notes.append("torch.compile(step, fullgraph=True) first-call time: "
@@ -354,19 +397,26 @@ def main(argv=None) -> int:
     keys: Dict[str, tuple] = {}
     diffs: Dict[int, Dict[str, float]] = {}
     compile_seconds: Dict[int, float] = {}
+    nbytes: Dict[str, int] = {}
+    rates = measure_rates(args.threads)
     with torch.no_grad():
         for depth in (2, 1):
             model = Model(depth, args.seed)
             diffs[depth] = model.check()
+            nbytes[f"step{depth}"] = tree_bytes(model.params, model.state)
+            nbytes[f"clip{depth}"] = tree_bytes(model.params, model.window)
             for key, fn in model.candidates(args.compile).items():
                 fns[NAMES[depth][key]] = fn
                 keys[NAMES[depth][key]] = (depth, key)
             if args.compile:
                 compile_seconds[depth] = model.compile_seconds
+            if depth == 1:
+                nbytes["streams"] = tree_bytes(model.params, model.streams_state)
+                diffs[1]["streams"] = model.streams_diff
         timings = bench_interleaved(fns, rounds=args.rounds, inner=args.inner, warmup=2 if args.quick else 5,
                                     max_other_cores=args.max_other_cores, max_seconds=args.max_seconds,
                                     clock=args.clock)
-    print(report(args, timings, keys, diffs, compile_seconds))
+    print(report(args, timings, keys, diffs, compile_seconds, rates, nbytes))
     print(f"wrote transformer.md and transformer.png to {args.out_dir}")
     return 0
 

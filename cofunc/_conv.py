@@ -244,8 +244,8 @@ class Conv(WindowLayer):
 
     def _matmul(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """A pointwise convolution of frames ``x: (N, C, *S)`` as one matrix product over
-        ``(C, prod(S))``, in whichever layout ``x`` comes: channels-last frames (after a
-        depthwise convolution, see `window_memory_format`) give channels-last outputs.
+        ``(C, prod(S))``, reading ``x`` in the layout it comes in (contiguous or channels-last)
+        and, for one stream, writing a channels-last output (see `window_memory_format`).
 
         The same multiply-adds as the convolution; torch would route a 1x1 convolution at batch
         1 to its slow 2-d kernel (``_slow_conv2d_forward``, copying channels-last inputs first).
@@ -257,13 +257,17 @@ class Conv(WindowLayer):
         last = x.movedim(1, -1)  # (N, *S, C)
         if last.is_contiguous():
             rows = last.reshape(-1, self.in_channels)
-            y = torch.mm(rows, w.t()) if bias is None else torch.addmm(bias, rows, w.t())
-            return y.view((n,) + spatial + (self.out_channels,)).movedim(-1, 1)
-        cols = x.reshape(n, self.in_channels, -1)
-        y = torch.matmul(w, cols)
-        if bias is not None:
-            y = y + bias.unsqueeze(-1)
-        return y.view((n, self.out_channels) + spatial)
+        elif n == 1 and x.is_contiguous():
+            # (C, S) transposed: BLAS reads it as is, and the output comes out channels-last,
+            # so the depthwise windows after it store frames without re-laying them out.
+            rows = x.reshape(self.in_channels, -1).t()
+        else:
+            y = torch.matmul(w, x.reshape(n, self.in_channels, -1))
+            if bias is not None:
+                y = y + bias.unsqueeze(-1)
+            return y.view((n, self.out_channels) + spatial)
+        y = torch.mm(rows, w.t()) if bias is None else torch.addmm(bias, rows, w.t())
+        return y.view((n,) + spatial + (self.out_channels,)).movedim(-1, 1)
 
     def _one_frame(self, window: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """The one output frame of a window of exactly ``receptive_field`` frames ``(N, C, rf, *S)``.

@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import TREE_NAMESPACE, Layer, Params, resolve_layer
+from ._layer import TREE_NAMESPACE, Layer, Params, assume_all_streams_emitting, resolve_layer
 from ._state_names import state_names
 
 StepFn = Callable[[Params, Any, Tensor], Tuple[Tensor, Tensor, Any]]
@@ -114,7 +114,34 @@ def compile_step(layer: Layer, *, vmap: bool = False, in_dims=(None, 0, 0), **co
 
         fn = _own_code(fn)
     compile_kwargs.setdefault("fullgraph", True)
-    return torch.compile(fn, **compile_kwargs)
+    masked = torch.compile(fn, **compile_kwargs)
+    if vmap or layer.stride != 1 or layer.delay == 0 or not layer.stateful:
+        return masked
+    # Two graphs: the general one masks every state update and output per stream (it cannot
+    # read values); once every stream is past the warm-up, a graph traced under that
+    # assumption has no masks at all. One host read per step picks the graph.
+    warm = torch.compile(step_fn(layer), **compile_kwargs)
+    return CompiledStep(layer, masked, warm)
+
+
+class CompiledStep:
+    """`compile_step`'s result for a stateful stride-1 layer: ``(params, state, x) -> (y,
+    valid, next_state)``, running ``warm`` (compiled without per-stream masks) when every
+    stream of ``state`` has taken at least ``layer.delay`` steps, else ``masked`` (the general
+    graph). Both give the eager step's outputs; the choice costs one host read of the clock.
+    """
+
+    def __init__(self, layer: Layer, masked: Callable, warm: Callable):
+        self.layer, self.masked, self.warm = layer, masked, warm
+
+    def __call__(self, params, state, x):
+        if self.layer.all_streams_warm(state):
+            with assume_all_streams_emitting():
+                return self.warm(params, state, x)
+        return self.masked(params, state, x)
+
+    def __repr__(self) -> str:
+        return f"CompiledStep({self.layer.label}: a masked and an all-streams-warm graph)"
 
 
 def _own_code(fn: Callable) -> Callable:

@@ -68,12 +68,19 @@ def values_are_concrete(t: Tensor) -> bool:
 # nothing in it is strided), so every sublayer gets a real input in every stream: the children
 # then skip their per-stream masks and host reads. Thread-local (not a ContextVar) because
 # dynamo traces reads of it and guards compiled graphs on its value.
-_HINTS = threading.local()
+class _Hints(threading.local):
+    def __init__(self):
+        # Set in every thread from the start: a guard on an attribute that appears later
+        # would make dynamo recompile every compiled step once.
+        self.all_emit = False
+
+
+_HINTS = _Hints()
 
 
 def all_streams_emitting() -> bool:
     """True inside a step in which every stream of every sublayer gets a real input."""
-    return getattr(_HINTS, "all_emit", False)
+    return _HINTS.all_emit
 
 
 @contextlib.contextmanager
@@ -435,6 +442,8 @@ class Layer:
         if self.delay == 0 and self.stride == 1:  # emits on every step: nothing to mask
             return self._step(params, state, x)
         if self.all_streams_warm(state):
+            if all_streams_emitting():  # assumed by the caller (a compiled all-warm graph)
+                return self._step(params, state, x)
             with assume_all_streams_emitting():
                 return self._step(params, state, x)
         y, new_state = self._step(params, state, x)

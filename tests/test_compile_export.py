@@ -294,3 +294,50 @@ def test_onnx_model_equals_eager_for_two_numbers_of_streams(tmp_path):
         assert_matches_eager(got, expected, dict(atol=1e-5, rtol=1e-5))
         for a, e in zip(flat, flatten_state(expected_state)):
             np.testing.assert_allclose(a, e.numpy(), atol=1e-5, rtol=1e-5)
+
+
+def test_compile_step_has_a_masked_and_a_warm_graph():
+    """A stateful stride-1 layer compiles to two graphs: the masked one while some stream warms
+    up, the one without masks once every stream has taken `delay` steps; each step equals the
+    eager step (outputs, validity, state)."""
+    from cofunc._export import CompiledStep
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    layer = cofunc.seq(cofunc.conv2d(2, 4, 3, padding=1), cofunc.lift(torch.relu), cofunc.conv2d(4, 3, (3, 1)))
+    params = layer.init_params()
+    step = compile_step(layer, backend=backend)
+    assert isinstance(step, CompiledStep) and "warm" in repr(step)
+    eager_state = compiled_state = layer.init_state(params, (3, 2, 5))
+    warm_at = []
+    for t in range(layer.delay + 3):
+        x = torch.randn(3, 2, 5)
+        warm_at.append(layer.all_streams_warm(eager_state))
+        y_e, eager_state = layer.step(params, eager_state, x)
+        y_c, valid, compiled_state = step(params, compiled_state, x)
+        torch.testing.assert_close(y_c, y_e, **FLOAT32_TOL)
+        assert torch.equal(valid.expand(3), layer.valid(eager_state).expand(3))
+        assert_tree_close(compiled_state, eager_state)
+    assert warm_at == [False] * layer.delay + [True] * 3
+    assert len(graphs) == 2
+
+
+def test_all_streams_warm_needs_every_stream_and_stride_one():
+    layer = cofunc.conv1d(1, 1, 3, padding=1)
+    params = layer.init_params()
+    state = layer.init_state(params, (2, 1))
+    assert not layer.all_streams_warm(state)
+    _, state = layer.step(params, state, torch.randn(2, 1))
+    assert layer.all_streams_warm(state)  # delay 1: every stream has taken one step
+    paused = cofunc.reset_streams(state, torch.tensor([False, True]), layer.init_state(params, (2, 1)))
+    assert not layer.all_streams_warm(paused)  # stream 1 starts again
+    strided = cofunc.conv1d(1, 1, 3, stride=2)
+    s = strided.init_state(strided.init_params(), (2, 1))
+    for _ in range(4):
+        _, s = strided.step(strided.init_params(), s, torch.randn(2, 1))
+    assert not strided.all_streams_warm(s)  # strided layers skip steps: always masked
