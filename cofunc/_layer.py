@@ -637,6 +637,60 @@ def with_one_batch_dim(fn: Callable[[Tensor], Tensor], x: Tensor, unbatched_rank
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class Wrapper(Layer):
+    """Base of layers that run ``inner`` with something around it (params read from another
+    nesting, hooks): every metadata, state and compute method is ``inner``'s, and a subclass
+    overrides only what it changes."""
+
+    inner: Layer
+
+    label = property(lambda self: self.inner.label)
+    receptive_field = property(lambda self: self.inner.receptive_field)
+    padding = property(lambda self: self.inner.padding)
+    padding_end = property(lambda self: self.inner.padding_end)
+    stride = property(lambda self: self.inner.stride)
+    delay = property(lambda self: self.inner.delay)
+    step_rank = property(lambda self: self.inner.step_rank)
+    out_rank = property(lambda self: self.inner.out_rank)
+    keeps_rank = property(lambda self: self.inner.keeps_rank)
+    stateful = property(lambda self: self.inner.stateful)
+
+    def with_rank(self, rank):
+        inner = self.inner.with_rank(rank)
+        return self if inner is self.inner else dataclasses.replace(self, inner=inner)
+
+    def init_params(self, *, device=None, dtype=None):
+        return self.inner.init_params(device=device, dtype=dtype)
+
+    def params_from(self, module):
+        return self.inner.params_from(module)
+
+    def init_state(self, params, input_shape, *, device=None, dtype=None):
+        return self.inner.init_state(params, input_shape, device=device, dtype=dtype)
+
+    def clock(self, state):
+        return self.inner.clock(state)
+
+    def valid(self, state):
+        return self.inner.valid(state)
+
+    def batch_shape(self, input_shape):
+        return self.inner.batch_shape(input_shape)
+
+    def step_output_shape(self, input_shape):
+        return self.inner.step_output_shape(input_shape)
+
+    def _step(self, params, state, x):
+        return self.inner._step(params, state, x)
+
+    def _steps(self, params, state, xs, clock, pad_end):
+        return self.inner._steps(params, state, xs, clock, pad_end)
+
+    def forward(self, params, xs):
+        return self.inner.forward(params, xs)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Stateless(Layer):
     """Base of the layers that keep nothing between steps: state ``()``, no clock, delay 0,
     and a chunk of steps is the clip ``forward``. A subclass implements ``_step`` (one frame)

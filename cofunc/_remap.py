@@ -12,7 +12,7 @@ import dataclasses
 from typing import Mapping, Optional, Tuple
 
 from ._errors import ConfigurationError
-from ._layer import Layer, Params
+from ._layer import Layer, Params, Wrapper
 
 
 def _get(tree, path: str):
@@ -29,7 +29,7 @@ def _set(tree: dict, path: str, value) -> None:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Remap(Layer):
+class Remap(Wrapper):
     """``inner`` with params taken from another layout: ``mapping`` pairs each inner params path
     with the outer path it is read from (dotted; ``""`` is the whole outer params).
 
@@ -44,7 +44,6 @@ class Remap(Layer):
         torch.Size([1, 2])
     """
 
-    inner: Layer
     mapping: Tuple[Tuple[str, str], ...]
     name: str = "remap"
     rank_out: Optional[int] = None  # the output rank, when ``inner`` cannot tell it
@@ -56,15 +55,7 @@ class Remap(Layer):
         object.__setattr__(self, "mapping", pairs)
 
     label = property(lambda self: f"{self.name}({self.inner.label})")
-    receptive_field = property(lambda self: self.inner.receptive_field)
-    padding = property(lambda self: self.inner.padding)
-    padding_end = property(lambda self: self.inner.padding_end)
-    stride = property(lambda self: self.inner.stride)
-    delay = property(lambda self: self.inner.delay)
-    step_rank = property(lambda self: self.inner.step_rank)
     out_rank = property(lambda self: self.inner.out_rank if self.rank_out is None else self.rank_out)
-    keeps_rank = property(lambda self: self.inner.keeps_rank)
-    stateful = property(lambda self: self.inner.stateful)
 
     def view(self, params: Params) -> dict:
         """The inner params, read from the outer ``params``."""
@@ -86,23 +77,11 @@ class Remap(Layer):
                 outer.update(value)
         return outer
 
-    def with_rank(self, rank):
-        return dataclasses.replace(self, inner=self.inner.with_rank(rank))
-
     def init_params(self, *, device=None, dtype=None):
         return self.unview(self.inner.init_params(device=device, dtype=dtype))
 
     def init_state(self, params, input_shape, *, device=None, dtype=None):
         return self.inner.init_state(self.view(params), input_shape, device=device, dtype=dtype)
-
-    def step_output_shape(self, input_shape):
-        return self.inner.step_output_shape(input_shape)
-
-    def clock(self, state):
-        return self.inner.clock(state)
-
-    def valid(self, state):
-        return self.inner.valid(state)
 
     def _step(self, params, state, x):
         return self.inner._step(self.view(params), state, x)

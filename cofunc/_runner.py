@@ -200,16 +200,7 @@ class StreamRunner:
 
     # --- frames in ------------------------------------------------------------------------------
     def _check_frame(self, stream_id, frame) -> Tensor:
-        if not isinstance(frame, Tensor):
-            raise InputShapeError(f"StreamRunner: stream {stream_id!r} got a {type(frame).__name__}, expected a tensor "
-                                  f"frame of shape {self.frame_shape}")
-        if tuple(frame.shape) != self.frame_shape:
-            raise InputShapeError(f"StreamRunner: stream {stream_id!r} takes frames of shape (C, *S) = "
-                                  f"{self.frame_shape}, got shape {tuple(frame.shape)}")
-        if frame.dtype != self.dtype:
-            raise DTypeDeviceError(f"StreamRunner: stream {stream_id!r} takes frames of dtype {self.dtype}, "
-                                   f"got {frame.dtype}")
-        return frame.detach()
+        return check_frame("StreamRunner", stream_id, frame, self.frame_shape, self.dtype)
 
     def push(self, stream_id: StreamId, frame: Tensor) -> None:
         """Queue one frame ``(C, *S)`` for an open stream (stepped at the next `tick`)."""
@@ -374,3 +365,17 @@ class StreamRunner:
             queued = collections.deque(frames[offset: offset + s["pending"]].unbind(0)) if s["pending"] else collections.deque()
             offset += s["pending"]
             self._streams[s["id"]] = _Stream(s["frames"], s["outputs"], queued)
+
+
+def check_frame(owner: str, stream_id, frame, frame_shape, dtype) -> Tensor:
+    """``frame`` detached, after checking it is a tensor of shape ``frame_shape`` = ``(C, *S)``
+    and dtype ``dtype`` (the runners' one check of what a stream is fed)."""
+    if not isinstance(frame, Tensor):
+        raise InputShapeError(f"{owner}: stream {stream_id!r} got a {type(frame).__name__}, expected a tensor "
+                              f"frame of shape {frame_shape}")
+    if tuple(frame.shape) != frame_shape:
+        raise InputShapeError(f"{owner}: stream {stream_id!r} takes frames of shape (C, *S) = "
+                              f"{frame_shape}, got shape {tuple(frame.shape)}")
+    if frame.dtype != dtype:
+        raise DTypeDeviceError(f"{owner}: stream {stream_id!r} takes frames of dtype {dtype}, got {frame.dtype}")
+    return frame.detach()

@@ -25,7 +25,8 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError, StreamIdError
+from .._runner import check_frame
+from .._errors import ConfigurationError, InputShapeError, StateError, StreamIdError
 from .._metrics import RunnerMetrics
 from .._runner import StreamOutput
 from ._shard import Shard
@@ -263,16 +264,7 @@ class RayStreamRunner:
         return len(self._stream(stream_id).log)
 
     def _check_frame(self, stream_id, frame) -> Tensor:
-        if not isinstance(frame, Tensor):
-            raise InputShapeError(f"RayStreamRunner: stream {stream_id!r} got a {type(frame).__name__}, expected a "
-                                  f"tensor frame of shape {self.frame_shape}")
-        if tuple(frame.shape) != self.frame_shape:
-            raise InputShapeError(f"RayStreamRunner: stream {stream_id!r} takes frames of shape (C, *S) = "
-                                  f"{self.frame_shape}, got shape {tuple(frame.shape)}")
-        if frame.dtype != self.dtype:
-            raise DTypeDeviceError(f"RayStreamRunner: stream {stream_id!r} takes frames of dtype {self.dtype}, "
-                                   f"got {frame.dtype}")
-        return frame.detach().cpu()
+        return check_frame("RayStreamRunner", stream_id, frame, self.frame_shape, self.dtype).cpu()
 
     def push(self, stream_id: StreamId, frame: Tensor) -> None:
         """Queue one frame ``(C, *S)`` (sent to the stream's shard at the next `tick`)."""

@@ -23,9 +23,8 @@ import asyncio
 import collections
 import json
 import threading
-from typing import Any, Deque, Dict, List, Optional, Sequence
+from typing import Any, Deque, Dict, List, Optional
 
-import torch
 from torch import Tensor
 
 from .._errors import CofuncError, StreamIdError

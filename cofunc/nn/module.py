@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import InputShapeError, StateError, StreamsOutOfStepError
-from .._layer import Layer, first_tensor, module_params, shape_of, tree_map
+from .._layer import Layer, Wrapper, first_tensor, module_params, shape_of, tree_map
 from ._call_mode import _stack, call_mode, current_call_mode, normalise_call_mode
 from . import utils as _utils
 
@@ -340,55 +340,12 @@ CoModule = ContinualModule  # co's name for the base of its modules
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class HookedLayer(Layer):
+class HookedLayer(Wrapper):
     """A child's layer inside a container, running the child module's forward pre-hooks and
     hooks around each step (with the step's input and, when it emitted, its output) and around
     each chunk of steps. The arithmetic is the inner layer's."""
 
-    inner: Layer
     module: Any
-
-    @property
-    def label(self):
-        return self.inner.label
-
-    receptive_field = property(lambda self: self.inner.receptive_field)
-    padding = property(lambda self: self.inner.padding)
-    padding_end = property(lambda self: self.inner.padding_end)
-    stride = property(lambda self: self.inner.stride)
-    delay = property(lambda self: self.inner.delay)
-    step_rank = property(lambda self: self.inner.step_rank)
-    out_rank = property(lambda self: self.inner.out_rank)
-    keeps_rank = property(lambda self: self.inner.keeps_rank)
-    stateful = property(lambda self: self.inner.stateful)
-
-    def with_rank(self, rank):
-        inner = self.inner.with_rank(rank)
-        return self if inner is self.inner else HookedLayer(inner, self.module)
-
-    def init_params(self, **kwargs):
-        return self.inner.init_params(**kwargs)
-
-    def params_from(self, module):
-        return self.inner.params_from(module)
-
-    def init_state(self, params, input_shape, **kwargs):
-        return self.inner.init_state(params, input_shape, **kwargs)
-
-    def clock(self, state):
-        return self.inner.clock(state)
-
-    def valid(self, state):
-        return self.inner.valid(state)
-
-    def batch_shape(self, input_shape):
-        return self.inner.batch_shape(input_shape)
-
-    def step_output_shape(self, input_shape):
-        return self.inner.step_output_shape(input_shape)
-
-    def forward(self, params, xs):
-        return self.inner.forward(params, xs)
 
     def _run(self, compute, x, chunk: bool):
         module = self.module
