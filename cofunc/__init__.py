@@ -5,8 +5,8 @@ metadata (``delay``, ``receptive_field``, ``stride``, ``padding``) is computed o
 methods are pure functions over explicit params and state pytrees: ``init_params``,
 ``init_state``, ``step(params, state, x) -> (y, state)``, ``steps`` (a chunk of steps at once),
 ``forward`` (the regular clip computation) and ``valid(state)``. A new leaf layer implements
-``_step`` (the step without output masking), ``forward``, ``init_state`` and, for speed,
-``_steps``; combinators (`seq`, `parallel`, `residual`, ...) compose layers and thread their
+``step_unmasked`` (the step without output masking), ``forward``, ``init_state`` and, for speed,
+``steps_at_clock``; combinators (`seq`, `parallel`, `residual`, ...) compose layers and thread their
 states. `cofunc.nn` wraps layers as drop-in replacements for co's modules; `cofunc.models` holds
 the model zoo. docs/design.md describes the architecture.
 

@@ -417,13 +417,13 @@ class SingleOutputMHA(_MultiheadAttention):
         return self.windows_tokens(params, q, k, v)
 
     # --- the Layer interface (channel first) ------------------------------------------------------
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         """One token ``(*B, E)`` (or a (query, key, value) tuple) -> ``(*B, E)``."""
         q_in, k_in, v_in = self.split_input(x, clip=False)
         self._check(params, state, q_in, clip=False)
         return self.step_tokens(params, state, q_in, k_in, v_in)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         q_in, k_in, v_in = self.split_input(xs, clip=True)
         self._check(params, state, q_in, clip=True)
         ys, state = self.steps_tokens(params, state, *map(self._tokens, (q_in, k_in, v_in)), clock)
@@ -500,14 +500,14 @@ class RetroactiveMHA(_MultiheadAttention):
         return self.windows_tokens(params, *self._chunk_project(params, q_in, k_in, v_in))
 
     # --- the Layer interface (channel first) ------------------------------------------------------
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         """One token ``(*B, E)`` (or a (query, key, value) tuple) -> ``(*B, E, N)``."""
         q_in, k_in, v_in = self.split_input(x, clip=False)
         self._check(params, state, q_in, clip=False)
         ys, state = self.step_tokens(params, state, q_in, k_in, v_in)
         return ys.transpose(-1, -2), state
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         """A chunk ``(*B, E, T)`` -> ``(*B, E, T', N)``, one window per emitting step."""
         q_in, k_in, v_in = self.split_input(xs, clip=True)
         self._check(params, state, q_in, clip=True)

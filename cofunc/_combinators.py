@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._delay import Delay
 from ._errors import ConfigurationError, InputShapeError, StateError
-from ._layer import EMPTY_PARAMS, Layer, StatelessAnyRank, read_shared_clock
+from ._layer import EMPTY_PARAMS, Layer, Stateless, StatelessAnyRank, read_shared_clock
 from ._seq import Seq
 
 
@@ -78,7 +78,7 @@ def _share_rank(layers):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Broadcast(StatelessAnyRank, Layer):
+class Broadcast(StatelessAnyRank):
     """``x -> (x, ..., x)``, ``n`` copies. Stateless."""
 
     n: int
@@ -96,10 +96,10 @@ class Broadcast(StatelessAnyRank, Layer):
     def label(self):
         return f"broadcast({self.n})"
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         return (x,) * self.n, state
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         return (xs,) * self.n, state
 
     def forward(self, params, xs):
@@ -234,22 +234,22 @@ class Parallel(Layer):
                 out = v if out is None else out & v
         return torch.ones((), dtype=torch.bool) if out is None else out
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         xs = self._inputs(x)
         self._check_state(state)
         ys, states = [], []
         for (name, _), layer, s, xi in zip(self.branches, self._aligned, state, xs):
-            y, s = layer._step(params.get(name, EMPTY_PARAMS), s, xi)
+            y, s = layer.step_unmasked(params.get(name, EMPTY_PARAMS), s, xi)
             ys.append(y)
             states.append(s)
         return tuple(ys), tuple(states)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         xs = self._inputs(xs)
         self._check_state(state)
         ys, states = [], []
         for (name, _), layer, s, xi in zip(self.branches, self._aligned, state, xs):
-            y, s = layer._steps(params.get(name, EMPTY_PARAMS), s, xi, clock, pad_end)
+            y, s = layer.steps_at_clock(params.get(name, EMPTY_PARAMS), s, xi, clock, pad_end)
             ys.append(y)
             states.append(s)
         return tuple(ys), tuple(states)
@@ -263,7 +263,7 @@ Dispatch = Union[int, Sequence["Dispatch"]]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ParallelDispatch(Layer):
+class ParallelDispatch(Stateless):
     """Reorder, copy or group streams by index: ``[2, 0, [0, 2]]`` maps ``(a, b, c)`` to
     ``(c, a, (a, c))``. Stateless."""
 
@@ -286,10 +286,6 @@ class ParallelDispatch(Layer):
         return f"parallel_dispatch({list(self.mapping)})"
 
     @property
-    def stateful(self):
-        return False
-
-    @property
     def keeps_rank(self):
         return True
 
@@ -306,11 +302,8 @@ class ParallelDispatch(Layer):
 
         return (list if as_list else tuple)(pick(m) for m in self.mapping)
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         return self._dispatch(x), state
-
-    def _steps(self, params, state, xs, clock, pad_end):
-        return self._dispatch(xs), state
 
     def forward(self, params, xs):
         return self._dispatch(xs)
@@ -327,7 +320,7 @@ _REDUCERS = {"sum": lambda v: functools.reduce(operator.add, v), "mul": lambda v
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Reduce(StatelessAnyRank, Layer):
+class Reduce(StatelessAnyRank):
     """Merge a tuple of streams into one: ``"sum"``, ``"concat"`` (channels), ``"mul"``,
     ``"max"``, or a callable ``Sequence[Tensor] -> Tensor``. Stateless."""
 
@@ -365,10 +358,10 @@ class Reduce(StatelessAnyRank, Layer):
             return _REDUCERS[self.how](list(values))
         return self.how(list(values))
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         return self._apply(x, False), state
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         return self._apply(xs, True), state
 
     def forward(self, params, xs):
@@ -428,12 +421,12 @@ class BroadcastReduce(Layer):
     def valid(self, state):
         return self.inner.valid(state)
 
-    def _step(self, params, state, x):
-        ys, state = self.inner._step(params, state, (x,) * self._n())
+    def step_unmasked(self, params, state, x):
+        ys, state = self.inner.step_unmasked(params, state, (x,) * self._n())
         return self.reducer._apply(ys, False), state
 
-    def _steps(self, params, state, xs, clock, pad_end):
-        ys, state = self.inner._steps(params, state, (xs,) * self._n(), clock, pad_end)
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
+        ys, state = self.inner.steps_at_clock(params, state, (xs,) * self._n(), clock, pad_end)
         return self.reducer._apply(ys, True), state
 
     def forward(self, params, xs):
@@ -583,20 +576,20 @@ class Conditional(Layer):
     def valid(self, state):
         return torch.where(state.took_true, self._true.valid(state.on_true), self._false.valid(state.on_false))
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         if not isinstance(state, ConditionalState):
             raise StateError(f"{self.label}: expected a ConditionalState, got {type(state).__name__}")
         if self.predicate(x):
-            y, s = self._true._step(params.get("0", EMPTY_PARAMS), state.on_true, x)
+            y, s = self._true.step_unmasked(params.get("0", EMPTY_PARAMS), state.on_true, x)
             return y, ConditionalState(s, state.on_false, torch.ones_like(state.took_true))
-        y, s = self._false._step(params.get("1", EMPTY_PARAMS), state.on_false, x)
+        y, s = self._false.step_unmasked(params.get("1", EMPTY_PARAMS), state.on_false, x)
         return y, ConditionalState(state.on_true, s, torch.zeros_like(state.took_true))
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         if self.predicate(xs):
-            y, s = self._true._steps(params.get("0", EMPTY_PARAMS), state.on_true, xs, clock, pad_end)
+            y, s = self._true.steps_at_clock(params.get("0", EMPTY_PARAMS), state.on_true, xs, clock, pad_end)
             return y, ConditionalState(s, state.on_false, torch.ones_like(state.took_true))
-        y, s = self._false._steps(params.get("1", EMPTY_PARAMS), state.on_false, xs, clock, pad_end)
+        y, s = self._false.steps_at_clock(params.get("1", EMPTY_PARAMS), state.on_false, xs, clock, pad_end)
         return y, ConditionalState(state.on_true, s, torch.zeros_like(state.took_true))
 
     def steps(self, params, state, xs, pad_end=False):
@@ -605,7 +598,7 @@ class Conditional(Layer):
             raise StateError(f"{self.label}: expected a ConditionalState, got {type(state).__name__}")
         taken = self._true if self.predicate(xs) else self._false
         sub = state.on_true if taken is self._true else state.on_false
-        return self._steps(params, state, xs, read_shared_clock(self, taken.clock(sub)), pad_end)
+        return self.steps_at_clock(params, state, xs, read_shared_clock(self, taken.clock(sub)), pad_end)
 
     def forward(self, params, xs):
         if self.predicate(xs):

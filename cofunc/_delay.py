@@ -106,7 +106,7 @@ class Delay(Layer):
         self.check_state_batch(state.count, x, what)
         self.check_state_buffer(state.buffer, state.count, self.n, x, what)
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         """``x: (*B, C, *S)`` in, the frame of ``n`` steps ago out (zeros while warming up)."""
         self.check_step_input(x)
         if not self.stateful:
@@ -127,7 +127,7 @@ class Delay(Layer):
             return frames.narrow(axis, 0, 0)
         return frames.narrow(axis, first - clock, clock + n_new - first)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         self.check_clip_input(xs)
         if not self.stateful:
             return xs, state

@@ -110,7 +110,7 @@ class Reshape(Stateless):
             return 1  # one batch dim, like torch and co
         return x.dim() - rank - clip
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         n = self._lead(x, False)
         y = x.reshape(tuple(x.shape[:n]) + self.shape)
         return (y.contiguous() if self.contiguous else y), state
@@ -187,13 +187,13 @@ class Linear(StatelessAnyRank):
             return F.linear(x, params["weight"], params.get("bias"))
         return F.linear(x.movedim(dim, -1), params["weight"], params.get("bias")).movedim(-1, dim)
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         return self._apply(params, x, False), state
 
     def forward(self, params, xs):
         return self._apply(params, xs, True)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         return self._apply(params, xs, True), state
 
     def step_output_shape(self, input_shape):

@@ -11,6 +11,7 @@ Conventions shared by every layer:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import threading
@@ -266,11 +267,21 @@ def _first_mismatch(template: Mapping, params, path: str) -> Optional[str]:
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Layer:
+class Layer(abc.ABC):
     """A continual layer: static temporal metadata and pure functions over explicit state.
 
-    Subclasses implement ``init_state``, ``step``, ``_steps`` (chunked stepping from a known
-    shared clock), ``forward`` and ``step_output_shape``; the public ``steps`` reads the clock.
+    The contract a layer implements (abstract, so a class that misses one cannot be made):
+
+    - ``init_state(params, input_shape)``: the fresh state;
+    - ``step_unmasked(params, state, x)``: one step, without zeroing the outputs of streams that
+      did not emit (the public ``step`` checks, calls it and masks once, at the outermost layer);
+    - ``forward(params, xs)``: the regular clip computation.
+
+    and, where the defaults do not fit, its static metadata, ``step_output_shape`` and
+    ``steps_at_clock(params, state, xs, clock, pad_end)``: the chunk protocol every combinator
+    calls on its children, a chunk of steps from a shared clock the caller knows. Its default
+    loops ``step_unmasked`` and stacks the emitted outputs; leaves override it only for speed.
+    The public ``steps`` checks, reads the clock and calls it.
 
     Attributes (static, temporal, ints): ``delay`` (steps before the first output),
     ``receptive_field``, ``stride``, ``padding`` (start padding) and ``padding_end`` (the frames
@@ -402,9 +413,9 @@ class Layer:
         cache["_checked_params"] = params
 
     # --- state -------------------------------------------------------------------------------
+    @abc.abstractmethod
     def init_state(self, params: Params, input_shape: Sequence[int], *, device=None, dtype=None) -> State:
         """The fresh state for steps of shape ``input_shape`` = ``(*B, C, *S)``."""
-        return ()
 
     def clock(self, state: State) -> Optional[Tensor]:
         """Per stream, how many steps this layer has consumed (None for stateless layers)."""
@@ -440,13 +451,13 @@ class Layer:
         """
         self.check_call(params, state)
         if self.delay == 0 and self.stride == 1:  # emits on every step: nothing to mask
-            return self._step(params, state, x)
+            return self.step_unmasked(params, state, x)
         if self.all_streams_warm(state):
             if all_streams_emitting():  # assumed by the caller (a compiled all-warm graph)
-                return self._step(params, state, x)
+                return self.step_unmasked(params, state, x)
             with assume_all_streams_emitting():
-                return self._step(params, state, x)
-        y, new_state = self._step(params, state, x)
+                return self.step_unmasked(params, state, x)
+        y, new_state = self.step_unmasked(params, state, x)
         return zero_invalid(y, self.valid(new_state)), new_state
 
     def all_streams_warm(self, state: State) -> bool:
@@ -461,18 +472,16 @@ class Layer:
             return False
         try:
             count = self.clock(state)
-        except Exception:  # noqa: BLE001 - a malformed state: `_step` raises the proper error
+        except Exception:  # noqa: BLE001 - a malformed state: `step_unmasked` raises the proper error
             return False
         if not isinstance(count, Tensor) or count.numel() == 0 or not values_are_concrete(count):
             return False
         return int(count.min()) >= self.delay
 
-    def _step(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
-        """`step` without zeroing the outputs that were not emitted (what subclasses implement,
+    @abc.abstractmethod
+    def step_unmasked(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
+        """`step` without zeroing the outputs that were not emitted (what a layer implements,
         and what combinators call on their children: the outermost layer masks once)."""
-        if type(self).step is Layer.step:
-            raise NotImplementedError(f"{type(self).__name__} implements neither `_step` nor `step`")
-        return self.step(params, state, x)  # a subclass that overrides `step` itself
 
     def steps(self, params: Params, state: State, xs: Tensor, pad_end: bool = False) -> Tuple[Tensor, State]:
         """Many steps at once: ``xs: (*B, C, T, *S) -> ys: (*B, C', T', *S')``.
@@ -484,7 +493,7 @@ class Layer:
         """
         self.check_call(params, state)
         clock = read_shared_clock(self, self.clock(state))
-        return self._steps(params, state, xs, clock, pad_end)
+        return self.steps_at_clock(params, state, xs, clock, pad_end)
 
     def check_call(self, params: Params, state: State) -> None:
         """What `step` and `steps` check before computing: the params, and that a stateful layer
@@ -493,12 +502,40 @@ class Layer:
         if state is None and self.stateful:
             raise StateError(f"{self.label}: expected a state from this layer's `init_state`, got None")
 
-    def _steps(self, params: Params, state: State, xs: Tensor, clock: int, pad_end: bool) -> Tuple[Tensor, State]:
-        raise NotImplementedError
+    def steps_at_clock(self, params: Params, state: State, xs: Tensor, clock: int,
+                       pad_end: bool) -> Tuple[Tensor, State]:
+        """A chunk of steps, ``xs: (*B, C, T, *S) -> ys: (*B, C', T', *S')``, from a state whose
+        streams have all taken ``clock`` steps: the emitted outputs on the time axis and the
+        next state. With ``pad_end`` the outputs of the end padding (``padding_end`` zero
+        frames) are appended, and the state returned is the one before the padding.
 
+        This default steps frame by frame; a leaf overrides it when a chunk is cheaper at once.
+        """
+        frames = list(xs.unbind(self.time_axis()))
+        n_real = len(frames)
+        if pad_end and self.padding_end:
+            zero = torch.zeros_like(frames[0]) if frames else None
+            if zero is not None:
+                frames += [zero] * self.padding_end
+        outputs, final_state = [], state
+        for i, x in enumerate(frames):
+            y, state = self.step_unmasked(params, state, x)
+            if i < n_real:
+                final_state = state
+            if emitted(clock + i + 1, self.delay, self.stride) > emitted(clock + i, self.delay, self.stride):
+                outputs.append(y)
+        if outputs:
+            return map_values(lambda *ys: torch.stack(ys, self.out_time_axis()), *outputs), final_state
+        step_shape = list(xs.shape)
+        del step_shape[self.time_axis()]
+        out_shape = self.step_output_shape(step_shape)
+        shapes = out_shape if isinstance(out_shape, list) else [out_shape]
+        empty = tuple(empty_clip(xs, shape, self.out_time_axis()) for shape in shapes)
+        return (empty if isinstance(out_shape, list) else empty[0]), final_state
+
+    @abc.abstractmethod
     def forward(self, params: Params, xs: Tensor) -> Tensor:
         """The regular clip computation, ``(*B, C, T, *S) -> (*B, C', T', *S')``."""
-        raise NotImplementedError
 
     def step_output_shape(self, input_shape: Sequence[int]) -> Shape:
         """The shape of a step output for a step input of shape ``input_shape``."""
@@ -680,11 +717,11 @@ class Wrapper(Layer):
     def step_output_shape(self, input_shape):
         return self.inner.step_output_shape(input_shape)
 
-    def _step(self, params, state, x):
-        return self.inner._step(params, state, x)
+    def step_unmasked(self, params, state, x):
+        return self.inner.step_unmasked(params, state, x)
 
-    def _steps(self, params, state, xs, clock, pad_end):
-        return self.inner._steps(params, state, xs, clock, pad_end)
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
+        return self.inner.steps_at_clock(params, state, xs, clock, pad_end)
 
     def forward(self, params, xs):
         return self.inner.forward(params, xs)
@@ -693,14 +730,14 @@ class Wrapper(Layer):
 @dataclasses.dataclass(frozen=True, eq=False)
 class Stateless(Layer):
     """Base of the layers that keep nothing between steps: state ``()``, no clock, delay 0,
-    and a chunk of steps is the clip ``forward``. A subclass implements ``_step`` (one frame)
+    and a chunk of steps is the clip ``forward``. A subclass implements ``step_unmasked`` (one frame)
     and ``forward`` (a clip).
 
     Example:
         >>> import dataclasses, torch, cofunc
         >>> @dataclasses.dataclass(frozen=True, eq=False)
         ... class Double(cofunc.Stateless):
-        ...     def _step(self, params, state, x):
+        ...     def step_unmasked(self, params, state, x):
         ...         return 2 * x, state
         ...     def forward(self, params, xs):
         ...         return 2 * xs
@@ -713,7 +750,10 @@ class Stateless(Layer):
     def stateful(self) -> bool:
         return False
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def init_state(self, params, input_shape, *, device=None, dtype=None):
+        return ()
+
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         return self.forward(params, xs), state
 
 

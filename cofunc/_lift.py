@@ -76,7 +76,7 @@ class Lift(Stateless):
             return self.rank_out
         return self.rank if self.keeps_rank else None
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         self.check_step_input(x)
         if self.pointwise:
             return self.apply(params, x), state

@@ -132,13 +132,13 @@ class RecyclingPositionalEncoding(Layer):
             self.check_state_type(state, PositionState)
             self.check_state_batch(state.position, x, what)
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         """A token ``(*B, E)`` plus its stream's positional embedding; the position advances."""
         self._check(params, state, x, clip=False)
         pe = F.embedding(torch.remainder(state.position, self.num_embeds), self.table(params))  # (*B, E)
         return x + pe, PositionState(state.position + 1)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         self._check(params, state, xs, clip=True)
         t = xs.shape[-1]
         positions = state.position.unsqueeze(-1) + torch.arange(t, device=xs.device)  # (*B, T), per stream

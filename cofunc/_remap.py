@@ -83,11 +83,11 @@ class Remap(Wrapper):
     def init_state(self, params, input_shape, *, device=None, dtype=None):
         return self.inner.init_state(self.view(params), input_shape, device=device, dtype=dtype)
 
-    def _step(self, params, state, x):
-        return self.inner._step(self.view(params), state, x)
+    def step_unmasked(self, params, state, x):
+        return self.inner.step_unmasked(self.view(params), state, x)
 
-    def _steps(self, params, state, xs, clock, pad_end):
-        return self.inner._steps(self.view(params), state, xs, clock, pad_end)
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
+        return self.inner.steps_at_clock(self.view(params), state, xs, clock, pad_end)
 
     def forward(self, params, xs):
         return self.inner.forward(self.view(params), xs)

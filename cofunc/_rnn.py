@@ -317,7 +317,7 @@ class Recurrent(Layer):
             self.check_step_input(x, self.input_size)
         check_dtype_device(self, x, params.get("weight_ih_l0"), "clip" if clip else "step input")
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         """One frame ``x: (*B, input_size)`` to ``y: (*B, H_out)`` (the last layer's new ``h``)."""
         self._check_input(params, x, clip=False)
         self._check_state(state, x, clip=False)
@@ -357,7 +357,7 @@ class Recurrent(Layer):
             return ys, LSTMState(h_n, c_n)
         return ys, RNNState(h_n)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         """Steps over a chunk ``xs: (*B, input_size, T)`` with the fused kernel, from ``state``:
         ``ys (*B, H_out, T)`` and the state after the chunk (``pad_end`` has nothing to flush)."""
         self._check_input(params, xs, clip=True)

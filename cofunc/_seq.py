@@ -190,7 +190,7 @@ class Seq(Layer):
                 return self._run(params, state, x, zero_invalid=False)
         return self._run(params, state, x, zero_invalid=True)
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         return self._run(params, state, x, zero_invalid=False)
 
     def _run(self, params, state, x, zero_invalid: bool):
@@ -201,7 +201,7 @@ class Seq(Layer):
         new_states = list(state)
         y = x
         for i, (name, child) in enumerate(self.children):
-            y, s = child._step(self._child_params(params, i, name), state[i], y)
+            y, s = child.step_unmasked(self._child_params(params, i, name), state[i], y)
             if mask is not None and child.stateful:
                 s = tree_where(mask, s, state[i])
             new_states[i] = s
@@ -222,7 +222,7 @@ class Seq(Layer):
             y = map_values(lambda t: torch.where(expand_mask(mask, t), t, torch.zeros((), dtype=t.dtype, device=t.device)), y)
         return y, tuple(new_states)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         self._check_state(state)
         new_states, clocks, counts = [], [], []
         ys, c = xs, clock
@@ -230,7 +230,7 @@ class Seq(Layer):
             clocks.append(c)
             axis = child.time_axis()
             counts.append(first_tensor(ys).shape[axis])
-            ys, s = child._steps(self._child_params(params, i, name), state[i], ys, c, False)
+            ys, s = child.steps_at_clock(self._child_params(params, i, name), state[i], ys, c, False)
             new_states.append(s)
             c = emitted(c, child.delay, child.stride)
         if pad_end:
@@ -238,7 +238,7 @@ class Seq(Layer):
             first_axis = self.layers[0].time_axis()
             zs = map_values(lambda t: t.narrow(first_axis, t.shape[first_axis], 0), xs)
             for i, (name, child) in enumerate(self.children):
-                zs, _ = child._steps(self._child_params(params, i, name), new_states[i], zs, clocks[i] + counts[i], True)
+                zs, _ = child.steps_at_clock(self._child_params(params, i, name), new_states[i], zs, clocks[i] + counts[i], True)
             last_axis = self.layers[-1].out_time_axis()
             ys = map_values(lambda a, b: torch.cat([a, b], dim=last_axis), ys, zs)
         return ys, tuple(new_states)

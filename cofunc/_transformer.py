@@ -257,7 +257,7 @@ class SingleOutputEncoderLayer(_StatefulEncoderLayer):
     def step_output_shape(self, input_shape):
         return tuple(input_shape)
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         """One token ``(*B, E)`` -> the output token ``(*B, E)``."""
         self._check(params, state, x, clip=False)
         attn = self.attn
@@ -270,7 +270,7 @@ class SingleOutputEncoderLayer(_StatefulEncoderLayer):
             residual, inputs = x, state.inputs
         return self.finish(params, residual, attended), EncoderLayerState(attn_state, inputs)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         """A chunk ``(*B, E, T)`` -> the emitted tokens ``(*B, E, T')``."""
         self._check(params, state, xs, clip=True)
         attn = self.attn
@@ -324,7 +324,7 @@ class RetroactiveEncoderLayer(_StatefulEncoderLayer):
     def step_output_shape(self, input_shape):
         return tuple(input_shape) + (self.sequence_len,)
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         """One token ``(*B, E)`` -> the window's updated tokens ``(*B, E, N)``."""
         self._check(params, state, x, clip=False)
         a_in = self.attn_input(params, x)
@@ -332,7 +332,7 @@ class RetroactiveEncoderLayer(_StatefulEncoderLayer):
         window, inputs = self._shift(state.inputs, x.unsqueeze(-2))
         return self.finish(params, window, attended).transpose(-1, -2), EncoderLayerState(attn_state, inputs)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         """A chunk ``(*B, E, T)`` -> ``(*B, E, T', N)``, one window per emitting step."""
         self._check(params, state, xs, clip=True)
         attn = self.attn
@@ -413,7 +413,7 @@ class WindowEncoderLayer(_EncoderBlock, Stateless):
         attended = single_query_attention(self.attn, params["self_attn"], a_in.select(-2, pos), a_in)
         return self.finish(params, tokens.select(-2, pos), attended)
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         self.check_step_input(x, self.config.d_model)
         check_dtype_device(self, x, self.reference(params))
         ys = self._apply(params, x.transpose(-1, -2))
@@ -457,7 +457,7 @@ class ChannelLayerNorm(StatelessAnyRank):
         rank = 1 if self.rank is None else self.rank
         return -rank - clip
 
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         return self._apply(params, x, self._axis(False)), state
 
     def forward(self, params, xs):

@@ -110,7 +110,7 @@ class WindowLayer(Layer):
             self.check_state_buffer(state.buffer, state.count, self.receptive_field - 1, x, what, self.expected_channels)
 
     # --- computation --------------------------------------------------------------------------
-    def _step(self, params, state, x):
+    def step_unmasked(self, params, state, x):
         """One frame ``x: (*B, C, *S)`` to one output frame ``(*B, C', *S')``."""
         self._check(params, state, x, clip=False)
         axis = -self.step_rank
@@ -170,7 +170,7 @@ class WindowLayer(Layer):
         value = float("-inf") if self.fill == "neg_inf" else 0.0
         return last.new_full(shape, value)
 
-    def _steps(self, params, state, xs, clock, pad_end):
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
         self._check(params, state, xs, clip=True)
         axis = -self.step_rank
         n_new = xs.shape[axis]

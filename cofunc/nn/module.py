@@ -368,14 +368,14 @@ class HookedLayer(Wrapper):
             return False
         return chunk or bool(self.inner.valid(state).all())
 
-    def _step(self, params, state, x):
-        return self._run(lambda x: self.inner._step(params, state, x), x, False)
+    def step_unmasked(self, params, state, x):
+        return self._run(lambda x: self.inner.step_unmasked(params, state, x), x, False)
 
     def steps(self, params, state, xs, pad_end=False):
         return self._run(lambda xs: self.inner.steps(params, state, xs, pad_end), xs, True)
 
-    def _steps(self, params, state, xs, clock, pad_end):
-        return self._run(lambda xs: self.inner._steps(params, state, xs, clock, pad_end), xs, True)
+    def steps_at_clock(self, params, state, xs, clock, pad_end):
+        return self._run(lambda xs: self.inner.steps_at_clock(params, state, xs, clock, pad_end), xs, True)
 
 
 def _without_history(state):
