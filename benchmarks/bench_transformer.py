@@ -65,7 +65,7 @@ from _common import (  # noqa: E402
     tree_bytes,
     write_table,
 )
-from cofunc._layer import unflatten_params  # noqa: E402
+from cofunc._params import unflatten_params  # noqa: E402
 from cofunc._transformer import transformer_encoder  # noqa: E402
 from cofunc.nn.transformer import TransformerEncoder as CnTransformerEncoder  # noqa: E402
 

@@ -64,7 +64,9 @@ from ._export import (
     step_fn,
     unflatten_state,
 )
-from ._layer import Layer, Stateless, flatten_params, module_params, tree_map, unflatten_params
+from ._layer import Layer, Stateless
+from ._params import flatten_params, module_params, unflatten_params
+from ._values import tree_map
 from ._lift import Lift, lift, lift_module
 from ._pool import (
     AdaptivePool,

@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError
-from ._layer import NO_STATE, Layer, check_dtype_device, detach_params, module_params
+from ._layer import Layer, NO_STATE, check_dtype_device
+from ._params import detach_params, module_params
+from ._values import push_frames
 
 AttentionInput = Union[Tensor, Tuple[Tensor, Tensor, Tensor]]
 
@@ -296,16 +298,6 @@ class _MultiheadAttention(Layer):
         q, k, v = self.project_qkv(params, q_in, k_in, v_in)
         return tuple(split_heads(t, self.num_heads) for t in (q, k, v))
 
-    @staticmethod
-    def _shift(buffer: Tensor, new: Tensor) -> Tuple[Tensor, Tensor]:
-        """Append ``new`` tokens ``(..., T, d)`` to ``buffer`` ``(..., K, d)``: the whole sequence and
-        the next buffer (its last ``K`` tokens, contiguous so every state has the fresh state's
-        strides: a compiled step would otherwise recompile)."""
-        seq = torch.cat([buffer, new], dim=-2)
-        keep = buffer.shape[-2]
-        if keep == 0:  # an empty buffer stays the fresh one (a narrowed empty view keeps odd strides)
-            return seq, buffer
-        return seq, seq.narrow(-2, seq.shape[-2] - keep, keep).contiguous()
 
     def _first(self, clock: int) -> int:
         """Index in a chunk of the first step that emits, from a shared clock."""
@@ -317,9 +309,9 @@ class _MultiheadAttention(Layer):
         of outputs and the next state."""
         t = q_in.shape[-2]
         q, k, v = self._chunk_project(params, q_in, k_in, v_in)
-        queries, next_queries = self._shift(state.queries, q)
-        keys, next_keys = self._shift(state.keys, k)
-        values, next_values = self._shift(state.values, v)
+        queries, next_queries = push_frames(state.queries, q, -2)
+        keys, next_keys = push_frames(state.keys, k, -2)
+        values, next_values = push_frames(state.values, v, -2)
         first = self._first(clock)
         next_state = AttentionState(next_queries, next_keys, next_values, state.count + t)
         return queries, keys, values, first, max(t - first, 0), next_state
@@ -377,10 +369,10 @@ class SingleOutputMHA(_MultiheadAttention):
         """One step on tokens ``(*B, C)``: the query's attention output ``(*B, E)`` and the next
         state."""
         q, k, v = self._step_project(params, q_in, k_in, v_in)
-        keys, next_keys = self._shift(state.keys, k)
-        values, next_values = self._shift(state.values, v)
+        keys, next_keys = push_frames(state.keys, k, -2)
+        values, next_values = push_frames(state.values, v, -2)
         if self.n_queries:
-            queries, next_queries = self._shift(state.queries, q)
+            queries, next_queries = push_frames(state.queries, q, -2)
             q = queries.narrow(-2, 0, 1)
         else:
             next_queries = state.queries
@@ -467,9 +459,9 @@ class RetroactiveMHA(_MultiheadAttention):
         """One step on tokens ``(*B, C)``: the attention outputs of the window ``(*B, N, E)`` and
         the next state."""
         q, k, v = self._step_project(params, q_in, k_in, v_in)
-        queries, next_queries = self._shift(state.queries, q)
-        keys, next_keys = self._shift(state.keys, k)
-        values, next_values = self._shift(state.values, v)
+        queries, next_queries = push_frames(state.queries, q, -2)
+        keys, next_keys = push_frames(state.keys, k, -2)
+        values, next_values = push_frames(state.values, v, -2)
         o = attend(queries, keys.transpose(-1, -2), values, self.scale)  # (*B, H, N, d)
         next_state = AttentionState(next_queries, next_keys, next_values, state.count + 1)
         return self.out_proj(params, merge_heads(o)), next_state

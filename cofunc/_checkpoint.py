@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ._errors import ConfigurationError, StateError
-from ._layer import flatten_params
+from ._params import flatten_params
 
 _HEADER_KEY = "cofunc"
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import Params, check_dtype_device, with_one_batch_dim
+from ._layer import check_dtype_device, with_one_batch_dim
+from ._params import Params
 from ._window import WindowLayer, WindowState
 
 _CONV_FN = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 
 from ._errors import ConfigurationError
-from ._layer import Layer, first_emitting_step, settled
+from ._clock import first_emitting_step
+from ._layer import Layer
+from ._values import push_frames
 
 
 class DelayState(NamedTuple):
@@ -116,8 +118,8 @@ class Delay(Layer):
         if self.n == 0:
             return x, DelayState(buffer, count + 1)
         axis = -self.rank
-        window = torch.cat([buffer, x.unsqueeze(axis)], dim=axis)
-        return window.select(axis, 0), DelayState(settled(window.narrow(axis, 1, self.n)), count + 1)
+        window, next_buffer = push_frames(buffer, x.unsqueeze(axis), axis)
+        return window.select(axis, 0), DelayState(next_buffer, count + 1)
 
     def _emit(self, frames: Tensor, clock: int, n_new: int) -> Tensor:
         """Outputs of steps ``clock .. clock + n_new - 1``; ``frames`` starts at frame ``clock - n``."""
@@ -135,8 +137,7 @@ class Delay(Layer):
         axis = self.time_axis()
         buffer, count = state
         n_new = xs.shape[axis]
-        frames = torch.cat([buffer, xs], dim=axis)
-        next_buffer = frames.narrow(axis, frames.shape[axis] - self.n, self.n).contiguous()  # strides as in `step`
+        frames, next_buffer = push_frames(buffer, xs, axis)
         ys = self._emit(frames, clock, n_new)
         if pad_end and self.end:
             fill_shape = list(next_buffer.shape)

@@ -62,7 +62,10 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import TREE_NAMESPACE, Layer, Params, assume_all_streams_emitting, resolve_layer
+from ._clock import assume_all_streams_emitting
+from ._layer import Layer, resolve_layer
+from ._params import Params
+from ._values import TREE_NAMESPACE
 from ._state_names import state_names
 
 StepFn = Callable[[Params, Any, Tensor], Tuple[Tensor, Tensor, Any]]

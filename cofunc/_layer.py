@@ -12,14 +12,15 @@ Conventions shared by every layer:
 from __future__ import annotations
 
 import abc
-import contextlib
 import dataclasses
-import threading
 from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 
-import optree
 import torch
 from torch import Tensor
+
+from ._clock import all_streams_emitting, assume_all_streams_emitting, emits_after, emitted
+from ._params import Params, _first_mismatch, module_params, params_shapes_of
+from ._values import Shape, empty_clip, map_values, values_are_concrete, zero_invalid
 
 from ._errors import (
     ConfigurationError,
@@ -31,128 +32,12 @@ from ._errors import (
     layer_label,
 )
 
-Params = Mapping[str, Any]
 State = Any
-Shape = Tuple[int, ...]
 
 EMPTY_PARAMS: Mapping[str, Any] = {}
 
 # What a layer's input checks get as the state when the clip `forward` runs (it has none).
 NO_STATE = type("NoState", (), {"__repr__": lambda self: "NO_STATE"})()
-
-# optree namespace for the library's own containers (docs/design.md, section 4).
-TREE_NAMESPACE = "cofunc"
-
-
-def tree_map(fn: Callable, tree, *rest):
-    return optree.tree_map(fn, tree, *rest, namespace=TREE_NAMESPACE)
-
-
-def tree_leaves(tree):
-    return optree.tree_leaves(tree, namespace=TREE_NAMESPACE)
-
-
-def values_are_concrete(t: Tensor) -> bool:
-    """True when reading ``t``'s values on the host is allowed and cheap.
-
-    Under torch.compile, export, fx tracing or a torch.func transform, reading values would break
-    the graph or fail, so callers fall back to branch-free masking.
-    """
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return False
-    if torch._C._functorch.maybe_current_level() is not None:
-        return False
-    return not torch.fx._symbolic_trace.is_fx_symbolic_tracing()
-
-
-# Set while the outermost `step` knows that every stream has passed the layer's warm-up (and
-# nothing in it is strided), so every sublayer gets a real input in every stream: the children
-# then skip their per-stream masks and host reads. Thread-local (not a ContextVar) because
-# dynamo traces reads of it and guards compiled graphs on its value.
-class _Hints(threading.local):
-    def __init__(self):
-        # Set in every thread from the start: a guard on an attribute that appears later
-        # would make dynamo recompile every compiled step once.
-        self.all_emit = False
-
-
-_HINTS = _Hints()
-
-
-def all_streams_emitting() -> bool:
-    """True inside a step in which every stream of every sublayer gets a real input."""
-    return _HINTS.all_emit
-
-
-@contextlib.contextmanager
-def assume_all_streams_emitting():
-    """Run the steps inside as if every stream had finished its warm-up (see
-    `Layer.all_streams_warm`): no per-stream masks. Only correct when that holds; `step` sets
-    it itself after checking, and the compiled all-streams graph is traced under it."""
-    before = all_streams_emitting()
-    _HINTS.all_emit = True
-    try:
-        yield
-    finally:
-        _HINTS.all_emit = before
-
-
-def settled(buffer: Tensor) -> Tensor:
-    """A state buffer sliced out of a larger window, ready to be stored.
-
-    While compiling or exporting it is made contiguous: every state then has the fresh state's
-    strides, so the graph compiled for the first step serves every later one (dynamo guards on
-    strides). In eager mode the view is kept, which saves a copy per step.
-    """
-    if torch.compiler.is_compiling():
-        return buffer.contiguous()
-    return buffer
-
-
-def emitted(n_inputs: int, delay: int, stride: int) -> int:
-    """How many outputs a layer has emitted after ``n_inputs`` steps from a fresh state."""
-    if n_inputs <= delay:
-        return 0
-    return (n_inputs - 1 - delay) // stride + 1
-
-
-def emits_after(count: Tensor, delay: int, stride: int) -> Tensor:
-    """Per stream: did the step that brought the input counter to ``count`` emit an output?"""
-    last = count - 1 - delay
-    if stride == 1:
-        return last >= 0
-    return (last >= 0) & (torch.remainder(last, stride) == 0)
-
-
-def first_emitting_step(clock: int, delay: int, stride: int) -> int:
-    """The first step index ``>= clock`` (0-based) whose step emits an output."""
-    if clock <= delay:
-        return delay
-    return delay + -(-(clock - delay) // stride) * stride
-
-
-def expand_mask(mask: Tensor, like: Tensor) -> Tensor:
-    """Reshape a per-stream mask ``(*B,)`` so that it broadcasts against ``(*B, ...)``."""
-    return mask.reshape(mask.shape + (1,) * (like.dim() - mask.dim()))
-
-
-def tree_where(mask: Tensor, new, old):
-    """Per stream, take ``new`` where ``mask`` holds and ``old`` elsewhere (out of place)."""
-    return tree_map(lambda n, o: torch.where(expand_mask(mask, n), n, o), new, old)
-
-
-def zero_invalid(value, valid: Tensor):
-    """``value`` (a tensor ``(*B, ...)`` or a tuple of them) with zeros where ``valid`` ``(*B,)`` is False.
-
-    In eager mode the mask is read once: all valid costs nothing, none valid makes zeros without
-    a select. Under compile, export and vmap the select always runs (branch-free).
-    """
-    if values_are_concrete(valid):
-        if bool(valid.all()):
-            return value
-        if not bool(valid.any()):
-            return map_values(torch.zeros_like, value)
-    return map_values(lambda t: torch.where(expand_mask(valid, t), t, torch.zeros((), dtype=t.dtype, device=t.device)), value)
 
 
 def read_shared_clock(layer: "Layer", counter: Optional[Tensor]) -> int:
@@ -169,38 +54,6 @@ def read_shared_clock(layer: "Layer", counter: Optional[Tensor]) -> int:
             f"counters range from {lo} to {hi}. Use `step` (per stream) for streams out of step."
         )
     return lo
-
-
-def map_values(fn: Callable, *values):
-    """Apply ``fn`` to a tensor value, or element-wise to tuples of tensors (multi-stream values)."""
-    if isinstance(values[0], tuple):
-        return tuple(map_values(fn, *parts) for parts in zip(*values))
-    return fn(*values)
-
-
-def first_tensor(value) -> Tensor:
-    return first_tensor(value[0]) if isinstance(value, tuple) else value
-
-
-def shape_of(value):
-    """The step shape of a value: a tuple of ints, or a list of shapes for multi-stream values."""
-    if isinstance(value, tuple):
-        return [shape_of(v) for v in value]
-    return tuple(value.shape)
-
-
-def zeros_of_shape(like: Tensor, shape):
-    """Zeros of a step shape; a list of shapes (multi-stream values) gives a tuple of tensors."""
-    if isinstance(shape, list):
-        return tuple(zeros_of_shape(like, s) for s in shape)
-    return like.new_zeros(shape)
-
-
-def empty_clip(like: Tensor, step_shape: Shape, time_axis: int) -> Tensor:
-    """A clip of zero length whose step shape is ``step_shape``."""
-    shape = list(step_shape)
-    shape.insert(len(shape) + 1 + time_axis if time_axis < 0 else time_axis, 0)
-    return like.new_zeros(shape)
 
 
 _STATIC_METADATA = ("receptive_field", "padding", "padding_end", "stride", "delay", "stateful", "step_rank",
@@ -237,33 +90,6 @@ def _memoised_with_rank(fn):
     with_rank._cofunc_memoised = True
     with_rank.__doc__ = fn.__doc__
     return with_rank
-
-
-def params_shapes_of(params) -> dict:
-    """The nested dict of shapes of a params tree (the template params are checked against)."""
-    return {k: params_shapes_of(v) if isinstance(v, Mapping) else tuple(v.shape) for k, v in params.items()}
-
-
-def _first_mismatch(template: Mapping, params, path: str) -> Optional[str]:
-    """Where ``params`` first differs from ``template`` (missing entries, shapes), or None."""
-    if not isinstance(params, Mapping):
-        where = f"params[{path[:-1]!r}]" if path else "params"
-        return f"{where} should be a dict (from `init_params` or `params_from`), got {type(params).__name__}"
-    for key, want in template.items():
-        name = path + str(key)
-        if key not in params:
-            what = f"a tensor of shape {want}" if isinstance(want, tuple) else "a dict of tensors"
-            return f"params have no {name!r} ({what})"
-        got = params[key]
-        if isinstance(want, Mapping):
-            problem = _first_mismatch(want, got, name + ".")
-            if problem is not None:
-                return problem
-        elif not isinstance(got, Tensor):
-            return f"params[{name!r}] should be a tensor of shape {want}, got {type(got).__name__}"
-        elif tuple(got.shape) != want:
-            return f"params[{name!r}] has shape {tuple(got.shape)}, expected {want}"
-    return None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -774,52 +600,6 @@ class StatelessAnyRank(Stateless):
         return self if rank == self.rank else dataclasses.replace(self, rank=rank)
 
 
-def module_params(module: torch.nn.Module) -> dict:
-    """The tensors a module's computation reads, nested like its ``state_dict`` keys.
-
-    Parameters and persistent buffers only, and the module's own tensor objects (no copies).
-    """
-    out = {}
-    for name, p in module._parameters.items():
-        if p is not None:
-            out[name] = p
-    non_persistent = module._non_persistent_buffers_set
-    for name, b in module._buffers.items():
-        if b is not None and name not in non_persistent:
-            out[name] = b
-    for name, child in module._modules.items():
-        if child is None:
-            continue
-        sub = module_params(child)
-        if sub:
-            out[name] = sub
-    return out
-
-
-def flatten_params(params: Params, prefix: str = "") -> dict:
-    """``{"0": {"weight": w}} -> {"0.weight": w}``, the keys of a torch.nn ``state_dict``."""
-    flat = {}
-    for key, value in params.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_params(value, name + "."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def unflatten_params(flat: Mapping[str, Tensor]) -> dict:
-    """The inverse of `flatten_params`: nest a ``state_dict`` by its ``.``-separated keys."""
-    nested: dict = {}
-    for key, value in flat.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return nested
-
-
 def check_dtype_device(layer: Layer, x: Tensor, reference: Optional[Tensor], what: str = "step input") -> None:
     if reference is None:
         return
@@ -852,6 +632,3 @@ def resolve_layer(caller: str, layer, params=None, step_shape=None, *, need_para
     return inner, params, step_shape
 
 
-def detach_params(tree):
-    """A nested params dict with every tensor detached (fresh params that own no graph)."""
-    return {k: detach_params(v) if isinstance(v, dict) else v.detach() for k, v in tree.items()}

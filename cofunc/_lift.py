@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import EMPTY_PARAMS, Stateless, flatten_params, module_params, params_shapes_of, with_one_batch_dim
+from ._layer import EMPTY_PARAMS, Stateless, with_one_batch_dim
+from ._params import flatten_params, module_params, params_shapes_of
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._errors import ConfigurationError, InputShapeError
-from ._layer import expand_mask, with_one_batch_dim
+from ._layer import with_one_batch_dim
+from ._values import expand_mask
 from ._window import WindowLayer, tap_counts
 
 _MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._errors import ConfigurationError
-from ._layer import NO_STATE, Layer, check_dtype_device
+from ._layer import Layer, NO_STATE, check_dtype_device
 
 
 class PositionState(NamedTuple):

@@ -54,7 +54,9 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ._errors import ConfigurationError
-from ._layer import Layer, Params, resolve_layer, tree_leaves
+from ._layer import Layer, resolve_layer
+from ._params import Params
+from ._values import tree_leaves
 
 StepShape = Union[Sequence[int], List[Sequence[int]]]
 

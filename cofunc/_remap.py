@@ -12,7 +12,8 @@ import dataclasses
 from typing import Mapping, Optional, Tuple
 
 from ._errors import ConfigurationError
-from ._layer import Layer, Params, Wrapper
+from ._layer import Layer, Wrapper
+from ._params import Params
 
 
 def _get(tree, path: str):

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, _VF, nn
 
 from ._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError, UnsupportedModuleError
-from ._layer import Layer, Params, check_dtype_device, module_params
+from ._layer import Layer, check_dtype_device
+from ._params import Params, module_params
 
 MODES = ("RNN_TANH", "RNN_RELU", "GRU", "LSTM")
 _GATES = {"RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3, "LSTM": 4}

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from ._checkpoint import params_digest, read_checkpoint, write_checkpoint
 from ._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError, StreamIdError
-from ._layer import TREE_NAMESPACE, Layer, tree_map
+from ._layer import Layer
+from ._values import TREE_NAMESPACE, tree_map
 from ._metrics import RunnerMetrics
 from ._slots import StreamSlots, StreamState
 

@@ -8,7 +8,9 @@ from typing import Mapping, Tuple, Union
 import torch
 
 from ._errors import ConfigurationError, StateError
-from ._layer import EMPTY_PARAMS, Layer, all_streams_emitting, assume_all_streams_emitting, emits_after, expand_mask, emitted, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
+from ._clock import all_streams_emitting, assume_all_streams_emitting, emits_after, emitted
+from ._layer import EMPTY_PARAMS, Layer
+from ._values import expand_mask, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
 
 
 def _resolve_ranks(children):

@@ -9,7 +9,8 @@ import optree
 import torch
 
 from ._errors import CofuncError, StateError
-from ._layer import TREE_NAMESPACE, Layer, resolve_layer
+from ._layer import Layer, resolve_layer
+from ._values import TREE_NAMESPACE
 from ._state_names import state_names
 
 _FORMAT = "cofunc-state-2"

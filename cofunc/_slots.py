@@ -23,7 +23,9 @@ from torch import Tensor
 
 from ._errors import StateError, StreamIdError
 from ._export import _own_code
-from ._layer import TREE_NAMESPACE, Layer, Params, tree_map
+from ._layer import Layer
+from ._params import Params
+from ._values import TREE_NAMESPACE, tree_map
 from ._streams import put_streams, step_streams, take_streams
 
 StreamId = Hashable

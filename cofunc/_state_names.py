@@ -16,7 +16,8 @@ from typing import Any, List
 import optree
 
 from ._combinators import BroadcastReduce, Conditional, Parallel, _Aligned
-from ._layer import TREE_NAMESPACE, Layer
+from ._layer import Layer
+from ._values import TREE_NAMESPACE
 from ._remap import Remap
 from ._seq import Seq
 

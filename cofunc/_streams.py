@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from ._errors import StateError
-from ._layer import TREE_NAMESPACE, Layer, first_tensor, tree_map, tree_where, values_are_concrete, zero_invalid
+from ._layer import Layer
+from ._values import TREE_NAMESPACE, first_tensor, tree_map, tree_where, values_are_concrete, zero_invalid
 
 Streams = Union[Tensor, Sequence[int], Sequence[bool], slice]
 

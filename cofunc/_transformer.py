@@ -33,7 +33,9 @@ from torch import Tensor, nn
 
 from ._attention import AttentionState, RetroactiveMHA, SingleOutputMHA, _MultiheadAttention, full_attention, single_query_attention
 from ._errors import ConfigurationError, InputShapeError, StateError
-from ._layer import NO_STATE, Layer, Stateless, StatelessAnyRank, check_dtype_device, detach_params, module_params
+from ._layer import Layer, NO_STATE, Stateless, StatelessAnyRank, check_dtype_device
+from ._params import detach_params, module_params
+from ._values import push_frames
 from ._seq import Seq
 
 Activation = Union[str, Callable[[Tensor], Tensor]]
@@ -218,13 +220,6 @@ class _StatefulEncoderLayer(_EncoderBlock):
         if tuple(state.inputs.shape) != want:
             raise StateError(f"{self.label}: expected state inputs of shape {want}, got {tuple(state.inputs.shape)}")
 
-    @staticmethod
-    def _shift(buffer: Tensor, new: Tensor):
-        seq = torch.cat([buffer, new], dim=-2)
-        keep = buffer.shape[-2]
-        if keep == 0:  # an empty buffer stays the fresh one (a narrowed empty view keeps odd strides)
-            return seq, buffer
-        return seq, seq.narrow(-2, seq.shape[-2] - keep, keep).contiguous()
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -264,7 +259,7 @@ class SingleOutputEncoderLayer(_StatefulEncoderLayer):
         a_in = self.attn_input(params, x)
         attended, attn_state = attn.step_tokens(params["self_attn"], state.attn, a_in, a_in, a_in)
         if attn.n_queries:
-            seq, inputs = self._shift(state.inputs, x.unsqueeze(-2))
+            seq, inputs = push_frames(state.inputs, x.unsqueeze(-2), -2)
             residual = seq.select(-2, 0)
         else:
             residual, inputs = x, state.inputs
@@ -277,7 +272,7 @@ class SingleOutputEncoderLayer(_StatefulEncoderLayer):
         tokens = xs.transpose(-1, -2)
         a_in = self.attn_input(params, tokens)
         attended, attn_state = attn.steps_tokens(params["self_attn"], state.attn, a_in, a_in, a_in, clock)
-        seq, inputs = self._shift(state.inputs, tokens)
+        seq, inputs = push_frames(state.inputs, tokens, -2)
         # The query token of the window ending at chunk token i sits at index i of `seq`.
         n_out = attended.shape[-2]
         residual = seq.narrow(-2, attn._first(clock) if n_out else 0, n_out)
@@ -329,7 +324,7 @@ class RetroactiveEncoderLayer(_StatefulEncoderLayer):
         self._check(params, state, x, clip=False)
         a_in = self.attn_input(params, x)
         attended, attn_state = self.attn.step_tokens(params["self_attn"], state.attn, a_in, a_in, a_in)
-        window, inputs = self._shift(state.inputs, x.unsqueeze(-2))
+        window, inputs = push_frames(state.inputs, x.unsqueeze(-2), -2)
         return self.finish(params, window, attended).transpose(-1, -2), EncoderLayerState(attn_state, inputs)
 
     def steps_at_clock(self, params, state, xs, clock, pad_end):
@@ -339,7 +334,7 @@ class RetroactiveEncoderLayer(_StatefulEncoderLayer):
         tokens = xs.transpose(-1, -2)
         a_in = self.attn_input(params, tokens)
         attended, attn_state = attn.steps_tokens(params["self_attn"], state.attn, a_in, a_in, a_in, clock)
-        seq, inputs = self._shift(state.inputs, tokens)
+        seq, inputs = push_frames(state.inputs, tokens, -2)
         n_out = attended.shape[-3]
         if n_out == 0:
             return attended.movedim(-1, -3), EncoderLayerState(attn_state, inputs)

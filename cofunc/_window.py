@@ -15,17 +15,9 @@ from typing import List, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ._layer import (
-    Layer,
-    all_streams_emitting,
-    check_dtype_device,
-    emits_after,
-    empty_clip,
-    expand_mask,
-    first_emitting_step,
-    settled,
-    values_are_concrete,
-)
+from ._clock import all_streams_emitting, emits_after, first_emitting_step
+from ._layer import Layer, check_dtype_device
+from ._values import empty_clip, expand_mask, push_frames, values_are_concrete
 
 FILLS = ("zeros", "replicate", "neg_inf")
 
@@ -122,29 +114,14 @@ class WindowLayer(Layer):
             # (Past the warm-up every stream has a first frame: nothing to replicate.)
             first = expand_mask(count == 0, buffer)
             buffer = torch.where(first, frame.expand_as(buffer), buffer)
-        window = self._window(buffer, frame, axis, count)
-        next_state = WindowState(settled(window.narrow(axis, 1, self.receptive_field - 1)), count + 1)
+        window, next_buffer = push_frames(buffer, frame, axis, self.window_memory_format)
+        next_state = WindowState(next_buffer, count + 1)
         if self.stride > 1 and values_are_concrete(count):
             # Strided steps without output in any stream cost no window operation.
             if not bool(emits_after(count + 1, self.delay, self.stride).any()):
                 return window.new_zeros(self.step_output_shape(x.shape)), next_state
         y = self.window_op(params, window, 1).squeeze(axis)
         return self.rescale(y, count, None), next_state
-
-    def _window(self, buffer: Tensor, frame: Tensor, axis: int, count: Tensor) -> Tensor:
-        """The buffered frames and the new one, ``(*B, C, receptive_field, *S)``."""
-        fmt = self.window_memory_format
-        if fmt is None or buffer.dim() != 5 or not values_are_concrete(count):
-            return torch.cat([buffer, frame], dim=axis)
-        # Written into a window of the op's preferred layout, a copy as `cat` makes; the next
-        # buffer is a view of it, so from the second step on no frame is ever re-laid out.
-        shape = list(buffer.shape)
-        shape[axis] += 1
-        window = torch.empty(shape, dtype=buffer.dtype, device=buffer.device, memory_format=fmt)
-        keep = buffer.shape[axis]
-        window.narrow(axis, 0, keep).copy_(buffer)
-        window.narrow(axis, keep, 1).copy_(frame)
-        return window
 
     def _emit(self, params, window: Tensor, clock: int, n_new: int, step_shape, end: Optional[int]) -> Tensor:
         """The outputs of steps ``clock .. clock + n_new - 1``, whose frames end ``window``."""
@@ -183,9 +160,7 @@ class WindowLayer(Layer):
         buffer, count = state
         if self.fill == "replicate" and clock == 0 and n_new > 0:
             buffer = xs.narrow(axis, 0, 1).expand_as(buffer)
-        window = torch.cat([buffer, xs], dim=axis)
-        keep = self.receptive_field - 1
-        next_buffer = window.narrow(axis, window.shape[axis] - keep, keep).contiguous()  # strides as in `step`
+        window, next_buffer = push_frames(buffer, xs, axis)
         ys = self._emit(params, window, clock, n_new, step_shape, None)
         if pad_end and self.padding_end:
             end = clock + n_new

@@ -19,7 +19,7 @@ from torch import nn
 
 from cofunc._attention import AttentionState, retroactive_attention, single_output_attention
 from cofunc._errors import ConfigurationError, DTypeDeviceError, InputShapeError, StateError
-from cofunc._layer import flatten_params
+from cofunc._params import flatten_params
 from cofunc.nn.multihead_attention import RetroactiveMultiheadAttention, SingleOutputMultiheadAttention
 from conftest import F64, FLOAT32_TOL, assert_tree_close, assert_tree_equal, split_points, step_through, tree_clone
 

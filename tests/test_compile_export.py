@@ -29,7 +29,7 @@ from cofunc._export import (
     step_fn,
     unflatten_state,
 )
-from cofunc._layer import flatten_params
+from cofunc._params import flatten_params
 from conftest import FLOAT32_TOL, assert_tree_close
 
 N_STEPS = 12

@@ -15,7 +15,8 @@ import torch
 
 import cofunc
 from _networks import STEP, network
-from cofunc._layer import emitted, flatten_params, unflatten_params
+from cofunc._clock import emitted
+from cofunc._params import flatten_params, unflatten_params
 from conftest import expected_flags, step_through
 
 F64 = torch.float64

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import cofunc
-from cofunc._layer import emits_after
+from cofunc._clock import emits_after
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from cofunc._errors import ConfigurationError, InputShapeError
-from cofunc._layer import flatten_params, unflatten_params
+from cofunc._params import flatten_params, unflatten_params
 from cofunc._positional import cyclic_positional_encoding, recycling_positional_encoding
 from cofunc._transformer import (
     EncoderLayerConfig,

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import ConfigurationError
-from .._layer import Layer, flatten_params
+from .._layer import Layer
+from .._params import flatten_params
 from .._lift import Lift
 from .module import ContinualModule
 from .utils import function_repr

@@ -15,7 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import InputShapeError, StateError, StreamsOutOfStepError
-from .._layer import Layer, Wrapper, first_tensor, module_params, shape_of, tree_map
+from .._layer import Layer, Wrapper
+from .._params import module_params
+from .._values import first_tensor, shape_of, tree_map
 from ._call_mode import _stack, call_mode, current_call_mode, normalise_call_mode
 from . import utils as _utils
 
