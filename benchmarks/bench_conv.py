@@ -17,7 +17,7 @@ Goals: step within 1.5x of the ideal; step at least 2x faster than co's; steps w
 clip forward. Writes ``results/conv3d.md`` (tables) and ``results/conv3d.png`` (plot) and prints
 the tables.
 
-Usage: ``python benchmarks/bench_conv.py [--quick] [--threads N] [--rounds R] [--inner K]
+Usage: ``python -m benchmarks.bench_conv [--quick] [--threads N] [--rounds R] [--inner K]
 [--max-other-cores CORES] [--clock wall|cpu] [--out-dir DIR]``. On a shared machine the default
 full run discards rounds disturbed by other processes (see ``_common.bench_interleaved``), so it
 can take minutes; the notes under the table say how many rounds were discarded.
@@ -31,21 +31,14 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-# Measure this checkout's cofunc (also when it is not installed), and find _common.
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-import continual as co  # noqa: E402
-import cofunc  # noqa: E402
-import cofunc.nn as cn  # noqa: E402
-from _common import (  # noqa: E402
+import continual as co
+import cofunc
+import cofunc.nn as cn
+from benchmarks._common import (
     GOAL_HEADER,
     BenchResult,
     Goal,
@@ -57,6 +50,8 @@ from _common import (  # noqa: E402
     fmt_ms,
     write_table,
 )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CHANNELS = 64
 KERNEL = 3

@@ -16,32 +16,29 @@ restart) and on the live shard, and the time until every stream is back where it
 Ray binds to the machine's address: the script runs itself inside a private network namespace
 (`unshare -n`, or `-rn`) so nothing it starts is reachable from outside.
 
-Writes ``results/ray.md``. Usage: ``python benchmarks/bench_ray.py [--ticks N]``.
+Writes ``results/ray.md``. Usage: ``python -m benchmarks.bench_ray [--ticks N]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+import numpy as np
+import torch
+from torch import nn
+
+import cofunc
+import cofunc.nn as cn
+from benchmarks._common import environment, write_table
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import cofunc  # noqa: E402
-import cofunc.nn as cn  # noqa: E402
-from _common import environment, write_table  # noqa: E402
 
 STREAMS, CHANNELS, SIZE, BLOCKS = 64, 16, 14, 3
 
@@ -60,8 +57,9 @@ def in_private_netns() -> bool:
 def reexec_in_netns() -> int:
     for flags in ("-n", "-rn"):
         if subprocess.run(["unshare", flags, "true"], capture_output=True).returncode == 0:
-            cmd = "ip link set lo up && exec " + " ".join([sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
-            return subprocess.run(["unshare", flags, "sh", "-c", cmd]).returncode
+            # Run as a module from the repository root, as the benchmarks are meant to be run.
+            cmd = "ip link set lo up && exec " + shlex.join([sys.executable, "-m", "benchmarks.bench_ray"] + sys.argv[1:])
+            return subprocess.run(["unshare", flags, "sh", "-c", cmd], cwd=os.path.dirname(HERE)).returncode
     print("bench_ray: no private network namespace (unshare -n / -rn not permitted): not starting Ray here")
     return 1
 

@@ -17,31 +17,26 @@
 
 Writes ``results/runner.md`` and ``results/runner.png``.
 
-Usage: ``python benchmarks/bench_runner.py [--quick] [--threads N]``.
+Usage: ``python -m benchmarks.bench_runner [--quick] [--threads N]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 
+import torch
+
+import cofunc
+import cofunc.nn as cn
+from benchmarks._common import GOAL_HEADER, Goal, Panel, Ratio, bar_plot, bench_interleaved, environment, fmt_ms, write_table
+from benchmarks.bench_streams import SIZE, build
+from cofunc.models import x3d
+from cofunc.video import VideoFeed, moving_shapes, write_video
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import torch  # noqa: E402
-
-import cofunc  # noqa: E402
-import cofunc.nn as cn  # noqa: E402
-from _common import GOAL_HEADER, Goal, Panel, Ratio, bar_plot, bench_interleaved, environment, fmt_ms, write_table  # noqa: E402
-from bench_streams import SIZE, build  # noqa: E402
-from cofunc.models import x3d  # noqa: E402
-from cofunc.video import VideoFeed, moving_shapes, write_video  # noqa: E402
 
 
 def runner_overhead(streams: int, rounds: int, clock: str):

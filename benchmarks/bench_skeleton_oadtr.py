@@ -38,7 +38,7 @@ Per prediction: a regular candidate's time is one ``forward`` (one prediction), 
 candidate's one step (one prediction per step). Writes ``results/skeleton_oadtr.md`` and
 ``results/skeleton_oadtr.png``.
 
-Usage: ``python benchmarks/bench_skeleton_oadtr.py [--quick] [--threads N] [--rounds R]
+Usage: ``python -m benchmarks.bench_skeleton_oadtr [--quick] [--threads N] [--rounds R]
 [--inner K] [--max-other-cores CORES] [--clock wall|cpu] [--out-dir DIR]``. A full run discards
 rounds during which other processes kept more than ``--max-other-cores`` (default 0.5) cores
 busy.
@@ -52,17 +52,11 @@ import sys
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import continual as co  # noqa: E402
-from _common import (  # noqa: E402
+import continual as co
+from benchmarks._common import (
     BenchResult,
     Panel,
     Ratio,
@@ -72,9 +66,11 @@ from _common import (  # noqa: E402
     fmt_ms,
     write_table,
 )
-from cofunc import count_macs  # noqa: E402
-from cofunc.models.oadtr import oadtr  # noqa: E402
-from cofunc.models.skeleton import agcn, s_tr, st_gcn  # noqa: E402
+from cofunc import count_macs
+from cofunc.models.oadtr import oadtr
+from cofunc.models.skeleton import agcn, s_tr, st_gcn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 FRAME = (1, 3, 25, 2)
 STAR_RF = 81
@@ -381,7 +377,7 @@ def report(args, cands: List[Candidate], timings: BenchResult, diffs: Dict[str, 
         "medians with p25-p75 of the round-by-round ratios.",
         "Outputs checked before timing against the regular network on each window (atol 1e-4, rtol 1e-4); largest "
         "|diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ".",
-        "Command: `python benchmarks/bench_skeleton_oadtr.py " + " ".join(args.argv) + "`.",
+        "Command: `python -m benchmarks.bench_skeleton_oadtr " + " ".join(args.argv) + "`.",
     ]
     notes += environment(args.threads)
     notes.append(f"Shared machine: in the kept rounds other processes kept {timings.other_cores:.2f} of the "

@@ -15,7 +15,7 @@ the table gets a row: steps taken, the largest error so far, and the process's r
 
 Writes ``results/soak.md`` and ``results/soak.png``.
 
-Usage: ``python benchmarks/bench_soak.py [--steps N] [--check-every N] [--report-every N] [--threads N]``.
+Usage: ``python -m benchmarks.bench_soak [--steps N] [--check-every N] [--report-every N] [--threads N]``.
 """
 
 from __future__ import annotations
@@ -23,20 +23,15 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import sys
 import time
 
+import torch
+from torch import nn
+
+import cofunc
+from benchmarks._common import environment, write_table
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import cofunc  # noqa: E402
-from _common import environment, write_table  # noqa: E402
 
 
 def conv_network():
