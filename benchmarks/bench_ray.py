@@ -16,7 +16,16 @@ restart) and on the live shard, and the time until every stream is back where it
 Ray binds to the machine's address: the script runs itself inside a private network namespace
 (`unshare -n`, or `-rn`) so nothing it starts is reachable from outside.
 
-Writes ``results/ray.md``. Usage: ``python -m benchmarks.bench_ray [--ticks N]``.
+The throughput table shows each runner's physical bound per tick (`_common.MachineRates`): the
+network's multiply-adds for its streams (``cofunc.count_macs``) at the matrix-product rate
+measured at its thread count, or the bytes of weights, state and frames at the measured memory
+bandwidth (2 shards: the slower shard's 32 streams on one thread each). The bound covers the
+network's work only: serialising frames and outputs and the actor round trip have no arithmetic
+bound, so a Ray row's excess over the embedded one is that overhead; recovery times (waiting for
+Ray to restart an actor) have none either.
+
+Writes ``results/ray.md`` (to ``--out-dir``). Usage: ``python -m benchmarks.bench_ray [--ticks N]
+[--out-dir DIR]``.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ from torch import nn
 
 import cofunc
 import cofunc.nn as cn
-from benchmarks._common import environment, write_table
+from benchmarks._common import Timing, environment, measure_rates, tree_bytes, write_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -77,14 +86,29 @@ def drive(runner, frames, ticks, warm=4):
     return np.asarray(times)
 
 
-def row(name, times):
+def tick_work(module, streams):
+    """``(MACs, bytes)`` of one tick of ``streams`` warm streams: the batched step's multiply-adds,
+    and the bytes of the weights, the streams' states and their frames."""
+    layer = module.layer
+    params = cofunc.tree_map(torch.Tensor.detach, module.params)
+    with torch.no_grad():
+        state = layer.init_state(params, (streams, 3, SIZE, SIZE))
+        _, state = layer.steps(params, state, torch.randn(streams, 3, layer.delay + 1, SIZE, SIZE))
+        frames = torch.randn(streams, 3, SIZE, SIZE)
+        macs, _ = cofunc.count_macs(layer.step, params, state, frames)
+    return macs, tree_bytes(params, state, frames)
+
+
+def row(name, times, rates, work):
+    """A throughput row; the bound is of the p50 tick (``work``: MACs and bytes of the tick)."""
     return [name, f"{STREAMS / times.mean():.0f}", f"{np.percentile(times, 50) * 1e3:.1f}",
-            f"{np.percentile(times, 99) * 1e3:.1f}"]
+            f"{np.percentile(times, 99) * 1e3:.1f}", *rates.cells(*work, Timing(times))]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ticks", type=int, default=60)
+    parser.add_argument("--out-dir", default=os.path.join(HERE, "results"), help="where ray.md goes")
     args = parser.parse_args(argv)
     if not in_private_netns():
         return reexec_in_netns()
@@ -93,6 +117,9 @@ def main(argv=None) -> int:
     from cofunc.distributed import RayStreamRunner
 
     module = build()
+    rates = {threads: measure_rates(threads) for threads in (1, 2)}
+    work = {n: tick_work(module, n) for n in (STREAMS, STREAMS // 2)}
+    torch.set_num_threads(1)
     frames = [torch.randn(STREAMS, 3, SIZE, SIZE) for _ in range(8)]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
     store = tempfile.mkdtemp()
@@ -123,7 +150,11 @@ def main(argv=None) -> int:
         if isinstance(runner, RayStreamRunner):
             shard_ms[name] = [s["tick_ms_p50"] for s in runner.status()["per_shard"].values()]
             runner.shutdown()
-    rows = [row(name, times) for name, times in results.items()]
+    # Each runner's rates and work per tick: 2 shards run 32 streams each, one thread each, in parallel.
+    bound_of = {"embedded, 1 thread": (rates[1], work[STREAMS]), "embedded, 2 threads": (rates[2], work[STREAMS]),
+                "Ray, 1 shard x 1 thread": (rates[1], work[STREAMS]),
+                "Ray, 2 shards x 1 thread": (rates[1], work[STREAMS // 2])}
+    rows = [row(name, times, *bound_of[name]) for name, times in results.items()]
     base = np.percentile(results["embedded, 1 thread"], 50)
     ray1 = np.percentile(results["Ray, 1 shard x 1 thread"], 50)
     overhead = ray1 - base
@@ -162,9 +193,17 @@ def main(argv=None) -> int:
         f"({inside / ray1:.0%}) went to serialising 64 frames and outputs, the actor round trip and the client.",
         f"2 shards' ticks inside the shards (p50): {', '.join(f'{v:.1f} ms' for v in shard_ms['Ray, 2 shards x 1 thread'])}.",
         "Machine shared with other jobs: absolute numbers vary between runs, the table is one run.",
+        f"Bound (of the p50 tick): a tick of 64 streams does {work[STREAMS][0] / 1e9:.3f} GMACs and reads "
+        f"{work[STREAMS][1] / 1e6:.1f} MB of weights, states and frames (2 shards: half the MACs each, "
+        f"{work[STREAMS // 2][1] / 1e6:.1f} MB, in parallel). It bounds the network's work only: serialising "
+        "frames and outputs and the actor round trip have no arithmetic bound (their cost is the Ray rows' excess "
+        "over the embedded runner's), and neither have the recovery times below. Rates: "
+        f"{rates[1].macs_per_s / 1e9:.1f} GMAC/s and {rates[1].bytes_per_s / 1e9:.1f} GB/s on 1 thread, "
+        f"{rates[2].macs_per_s / 1e9:.1f} GMAC/s and {rates[2].bytes_per_s / 1e9:.1f} GB/s on 2. " + rates[1].note(),
     ] + environment(1)
     text = write_table(
-        os.path.join(HERE, "results", "ray.md"), rows, ["runner", "frames/s", "tick p50 (ms)", "tick p99 (ms)"],
+        os.path.join(args.out_dir, "ray.md"), rows,
+        ["runner", "frames/s", "tick p50 (ms)", "tick p99 (ms)", "bound (ms)", "x of the bound"],
         notes=notes, title="The stream runner on Ray: throughput, tick latency, recovery",
         extra_tables=[("Recovering a lost shard", ["restored on", "streams", "recovery (s)",
                                                    "until all caught up (s)", "ticks"], recovery_rows)])
