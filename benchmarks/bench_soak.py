@@ -170,7 +170,7 @@ def main(argv=None) -> int:
         f"Step time: the {'process CPU' if clock is time.process_time else 'wall'} time of the `layer.step` calls "
         f"alone, per step, one sample per {args.report_every:,}-step interval (median and p25-p75 over the "
         "intervals); MB touched: the weights, the state and the frame of a warm step. These networks are tiny (the "
-        "conv network's step is a few hundred thousand multiply-adds): their steps are bound by the per-op "
+        "steps are under a million multiply-adds and a few hundred kB): their steps are bound by the per-op "
         "overhead of eager PyTorch, hence the large multiples of the bound. " + rates.note(),
     ] + environment(args.threads)
     text = write_table(os.path.join(args.out_dir, "soak.md"), rows, header, notes,
