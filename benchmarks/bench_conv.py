@@ -294,6 +294,11 @@ def report(args: argparse.Namespace, s: Setup, timings: BenchResult, diffs: Dict
         f"{os.cpu_count()} cores on average (each tenth of a core inflates the medians, of multi-threaded "
         "candidates most).",
     ]
+    if any(t.median < rates.bound(*s.work[name]) for name, t in timings.items()):
+        notes.append("Rows under 1.0x of the bound ran faster than the matrix-product rate measured before the timing: "
+                     "the rate is one measurement on a shared machine whose load varies during the run (other "
+                     "processes slow a matrix product down even when they leave this one its core), and oneDNN's kernels "
+                     "can beat a 1024^3 `mm`. Compare rows by their ratios.")
     if args.quick:
         notes.insert(0, "QUICK RUN (few rounds): indicative only.")
     text = write_table(

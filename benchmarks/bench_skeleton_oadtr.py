@@ -404,6 +404,11 @@ def report(args, cands: List[Candidate], timings: BenchResult, diffs: Dict[str, 
     notes.append(f"Shared machine: in the kept rounds other processes kept {timings.other_cores:.2f} of the "
                  f"{os.cpu_count()} cores busy on average ({timings.rounds_kept} rounds kept, "
                  f"{timings.rounds_discarded} discarded, {timings.rounds_disturbed} kept over the limit).")
+    if any(timings[c.name].median < rates.bound(c.bound_macs, c.nbytes) for c in cands):
+        notes.append("Rows under 1.0x of the bound ran faster than the matrix-product rate measured before the timing: "
+                     "the rate is one measurement on a shared machine whose load varies during the run (other "
+                     "processes slow a matrix product down even when they leave this one its core), and oneDNN's kernels "
+                     "can beat a 1024^3 `mm`. Compare rows by their ratios.")
     if args.quick:
         notes.insert(0, "QUICK RUN (few rounds, no load filter): indicative only.")
     text = write_table(
