@@ -59,8 +59,9 @@ test-pytorchvideo: venv-pv
 test-quick: venv
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(PYTEST_WORKERS) -q -m "not slow and not pytorchvideo"
 
+# Each benchmark is a module of the benchmarks package, run from the repository root (this checkout's cofunc).
 bench: venv
-	for script in benchmarks/bench_*.py; do $(PY) $$script || exit 1; done
+	for script in benchmarks/bench_*.py; do $(PY) -m benchmarks.$$(basename $$script .py) || exit 1; done
 
 # Re-execute the notebooks in place, so that the committed files show their outputs and figures.
 notebooks: venv

@@ -14,10 +14,13 @@ Candidates, all batch 1, float32, under ``torch.no_grad()``, timed side by side 
   - the nn adapter's ``forward_steps`` (its stored state advances, as in a real stream).
 
 Goals: step within 1.5x of the ideal; step at least 2x faster than co's; steps within 1.3x of the
-clip forward. Writes ``results/conv3d.md`` (tables) and ``results/conv3d.png`` (plot) and prints
+clip forward. Every row also shows the physical bound (`_common.MachineRates`): the call's
+multiply-adds (``cofunc.count_macs``) at the measured matrix-product rate or the bytes of weights
+and state (and input clip) it must read at the measured memory bandwidth, and "x of the bound"
+(median / bound). Writes ``results/conv3d.md`` (tables) and ``results/conv3d.png`` (plot) and prints
 the tables.
 
-Usage: ``python benchmarks/bench_conv.py [--quick] [--threads N] [--rounds R] [--inner K]
+Usage: ``python -m benchmarks.bench_conv [--quick] [--threads N] [--rounds R] [--inner K]
 [--max-other-cores CORES] [--clock wall|cpu] [--out-dir DIR]``. On a shared machine the default
 full run discards rounds disturbed by other processes (see ``_common.bench_interleaved``), so it
 can take minutes; the notes under the table say how many rounds were discarded.
@@ -29,23 +32,16 @@ import argparse
 import os
 import sys
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-# Measure this checkout's cofunc (also when it is not installed), and find _common.
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-import continual as co  # noqa: E402
-import cofunc  # noqa: E402
-import cofunc.nn as cn  # noqa: E402
-from _common import (  # noqa: E402
+import continual as co
+import cofunc
+import cofunc.nn as cn
+from benchmarks._common import (
     GOAL_HEADER,
     BenchResult,
     Goal,
@@ -55,8 +51,12 @@ from _common import (  # noqa: E402
     bench_interleaved,
     environment,
     fmt_ms,
+    measure_rates,
+    tree_bytes,
     write_table,
 )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CHANNELS = 64
 KERNEL = 3
@@ -81,6 +81,8 @@ class Setup:
     window: torch.Tensor  # (1, C, 3, H, W): the ideal step's input
     clip: torch.Tensor  # (1, C, 16, H, W)
     warm_state: Optional[cofunc.ConvState]  # functional state after a few steps (set by check_outputs)
+    work: Optional[Dict[str, Tuple[int, int]]] = None  # candidate -> (MACs, bytes touched) (set by count_work)
+    co_macs: int = 0  # what co's step multiplies, zero padding included (set by count_work)
 
 
 def build(seed: int) -> Setup:
@@ -146,6 +148,22 @@ def check_outputs(s: Setup, n_frames: int = 6) -> Dict[str, float]:
     diffs["cofunc steps"] = float((ys - want).abs().max())
     s.warm_state = state
     return diffs
+
+
+def count_work(s: Setup) -> None:
+    """Set ``s.work``: each candidate's multiply-adds per call (``cofunc.count_macs``) and the bytes
+    it must read at least (weights, state, input). Every step candidate computes the same output
+    frame, so they share the cofunc step's count (co's step convolves the new frame with the
+    whole kernel over zero padding: extra multiply-adds that a step does not need)."""
+    layer, params, state = s.layer, s.params, s.warm_state
+    step_macs, _ = cofunc.count_macs(layer.step, params, state, s.frame)
+    clip_macs, _ = cofunc.count_macs(s.ref, s.clip)
+    steps_macs, _ = cofunc.count_macs(layer.steps, params, state, s.clip)
+    step_bytes = tree_bytes(params, state, s.frame)
+    s.work = {name: (step_macs, step_bytes) for name in STEP_NAMES}
+    s.work[CLIP] = (clip_macs, tree_bytes(params, s.clip))
+    s.work[STEPS] = s.work[NN_STEPS] = (steps_macs, tree_bytes(params, state, s.clip))
+    s.co_macs, _ = cofunc.count_macs(s.co_conv.forward_step, s.frame, update_state=False)
 
 
 def candidates(s: Setup) -> Dict[str, Any]:
@@ -225,18 +243,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def report(args: argparse.Namespace, timings: BenchResult, diffs: Dict[str, float], backends: str) -> str:
+def report(args: argparse.Namespace, s: Setup, timings: BenchResult, diffs: Dict[str, float], backends: str,
+           rates) -> str:
     """Write ``conv3d.md`` and ``conv3d.png`` to ``args.out_dir``; return the markdown."""
     ideal, clip = timings[IDEAL], timings[CLIP]
     rows = []
     for name, t in timings.items():
         in_step = name in STEP_NAMES
         frames = 1 if in_step else CLIP_FRAMES
+        macs, nbytes = s.work[name]
         rows.append([
             name, fmt_ms(t.median), f"{fmt_ms(t.p25)} - {fmt_ms(t.p75)}",
-            f"{FRAME_FLOP * frames / t.median / 1e9:.0f}", str(Ratio.of(t, ideal if in_step else clip)),
+            f"{FRAME_FLOP * frames / t.median / 1e9:.0f}", f"{macs / 1e6:.1f}", f"{nbytes / 1e6:.2f}",
+            *rates.cells(macs, nbytes, t), str(Ratio.of(t, ideal if in_step else clip)),
         ])
-    header = ["candidate", "median (ms)", "p25 - p75 (ms)", "useful GFLOP/s", "vs first row of its group"]
+    header = ["candidate", "median (ms)", "p25 - p75 (ms)", "useful GFLOP/s", "MMACs per call", "MB touched",
+              "bound (ms)", "x of the bound", "vs first row of its group"]
     goals = [
         Goal("cofunc step vs ideal one-frame conv", Ratio.of(timings[STEP], ideal), 1.5),
         Goal("co step vs cofunc step (speed-up)", Ratio.of(timings[CO_STEP], timings[STEP]), 2.0, at_most=False),
@@ -254,6 +276,10 @@ def report(args: argparse.Namespace, timings: BenchResult, diffs: Dict[str, floa
     notes = [
         f"Conv3d({CHANNELS}, {CHANNELS}, {KERNEL}, padding=1), batch 1, float32, {SIZE}x{SIZE} frames, "
         f"torch.no_grad(); one output frame is {FRAME_FLOP / 1e6:.1f} MFLOP (2 per multiply-add).",
+        "MMACs per call: cofunc.count_macs (bias additions not counted). Every step row is bounded by the "
+        "cofunc step's count and bytes (the least a step must do; co's step also multiplies the zero padding: "
+        f"{s.co_macs / 1e6:.1f} MMACs by the same count); MB touched: the weights, the state (the 2 buffered "
+        "frames) and the input frame or clip, each read once. " + rates.note(),
         f"Method: every candidate warmed up first, then {args.rounds} rounds x {args.inner} calls each, "
         f"round-robin with the order rotated every round; a sample is the mean {clock} time per call over one "
         "round. Ratios are of medians; their p25-p75 is over the ratios paired round by round.",
@@ -268,6 +294,11 @@ def report(args: argparse.Namespace, timings: BenchResult, diffs: Dict[str, floa
         f"{os.cpu_count()} cores on average (each tenth of a core inflates the medians, of multi-threaded "
         "candidates most).",
     ]
+    if any(t.median < rates.bound(*s.work[name]) for name, t in timings.items()):
+        notes.append("Rows under 1.0x of the bound ran faster than the matrix-product rate measured before the timing: "
+                     "the rate is one measurement on a shared machine whose load varies during the run (other "
+                     "processes slow a matrix product down even when they leave this one its core), and oneDNN's kernels "
+                     "can beat a 1024^3 `mm`. Compare rows by their ratios.")
     if args.quick:
         notes.insert(0, "QUICK RUN (few rounds): indicative only.")
     text = write_table(
@@ -291,16 +322,18 @@ def report(args: argparse.Namespace, timings: BenchResult, diffs: Dict[str, floa
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    rates = measure_rates(args.threads)
     with torch.no_grad():
         s = build(args.seed)
         diffs = check_outputs(s)
+        count_work(s)
         backends = conv_backends(s)
         timings = bench_interleaved(
             candidates(s), rounds=args.rounds, inner=args.inner, warmup=3 if args.quick else 10,
             max_other_cores=args.max_other_cores, max_seconds=args.max_seconds, clock=args.clock,
             progress_every=None if args.quick else 30.0,
         )
-    print(report(args, timings, diffs, backends))
+    print(report(args, s, timings, diffs, backends, rates))
     print(f"wrote conv3d.md and conv3d.png to {args.out_dir}")
     return 0
 

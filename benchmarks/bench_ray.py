@@ -16,32 +16,38 @@ restart) and on the live shard, and the time until every stream is back where it
 Ray binds to the machine's address: the script runs itself inside a private network namespace
 (`unshare -n`, or `-rn`) so nothing it starts is reachable from outside.
 
-Writes ``results/ray.md``. Usage: ``python benchmarks/bench_ray.py [--ticks N]``.
+The throughput table shows each runner's physical bound per tick (`_common.MachineRates`): the
+network's multiply-adds for its streams (``cofunc.count_macs``) at the matrix-product rate
+measured at its thread count, or the bytes of weights, state and frames at the measured memory
+bandwidth (2 shards: the slower shard's 32 streams on one thread each). The bound covers the
+network's work only: serialising frames and outputs and the actor round trip have no arithmetic
+bound, so a Ray row's excess over the embedded one is that overhead; recovery times (waiting for
+Ray to restart an actor) have none either.
+
+Writes ``results/ray.md`` (to ``--out-dir``). Usage: ``python -m benchmarks.bench_ray [--ticks N]
+[--out-dir DIR]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+import numpy as np
+import torch
+from torch import nn
+
+import cofunc
+import cofunc.nn as cn
+from benchmarks._common import Timing, environment, measure_rates, tree_bytes, write_table
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import cofunc  # noqa: E402
-import cofunc.nn as cn  # noqa: E402
-from _common import environment, write_table  # noqa: E402
 
 STREAMS, CHANNELS, SIZE, BLOCKS = 64, 16, 14, 3
 
@@ -60,8 +66,9 @@ def in_private_netns() -> bool:
 def reexec_in_netns() -> int:
     for flags in ("-n", "-rn"):
         if subprocess.run(["unshare", flags, "true"], capture_output=True).returncode == 0:
-            cmd = "ip link set lo up && exec " + " ".join([sys.executable, os.path.abspath(__file__)] + sys.argv[1:])
-            return subprocess.run(["unshare", flags, "sh", "-c", cmd]).returncode
+            # Run as a module from the repository root, as the benchmarks are meant to be run.
+            cmd = "ip link set lo up && exec " + shlex.join([sys.executable, "-m", "benchmarks.bench_ray"] + sys.argv[1:])
+            return subprocess.run(["unshare", flags, "sh", "-c", cmd], cwd=os.path.dirname(HERE)).returncode
     print("bench_ray: no private network namespace (unshare -n / -rn not permitted): not starting Ray here")
     return 1
 
@@ -79,14 +86,29 @@ def drive(runner, frames, ticks, warm=4):
     return np.asarray(times)
 
 
-def row(name, times):
+def tick_work(module, streams):
+    """``(MACs, bytes)`` of one tick of ``streams`` warm streams: the batched step's multiply-adds,
+    and the bytes of the weights, the streams' states and their frames."""
+    layer = module.layer
+    params = cofunc.tree_map(torch.Tensor.detach, module.params)
+    with torch.no_grad():
+        state = layer.init_state(params, (streams, 3, SIZE, SIZE))
+        _, state = layer.steps(params, state, torch.randn(streams, 3, layer.delay + 1, SIZE, SIZE))
+        frames = torch.randn(streams, 3, SIZE, SIZE)
+        macs, _ = cofunc.count_macs(layer.step, params, state, frames)
+    return macs, tree_bytes(params, state, frames)
+
+
+def row(name, times, rates, work):
+    """A throughput row; the bound is of the p50 tick (``work``: MACs and bytes of the tick)."""
     return [name, f"{STREAMS / times.mean():.0f}", f"{np.percentile(times, 50) * 1e3:.1f}",
-            f"{np.percentile(times, 99) * 1e3:.1f}"]
+            f"{np.percentile(times, 99) * 1e3:.1f}", *rates.cells(*work, Timing(times))]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ticks", type=int, default=60)
+    parser.add_argument("--out-dir", default=os.path.join(HERE, "results"), help="where ray.md goes")
     args = parser.parse_args(argv)
     if not in_private_netns():
         return reexec_in_netns()
@@ -95,6 +117,9 @@ def main(argv=None) -> int:
     from cofunc.distributed import RayStreamRunner
 
     module = build()
+    rates = {threads: measure_rates(threads) for threads in (1, 2)}
+    work = {n: tick_work(module, n) for n in (STREAMS, STREAMS // 2)}
+    torch.set_num_threads(1)
     frames = [torch.randn(STREAMS, 3, SIZE, SIZE) for _ in range(8)]
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="error")
     store = tempfile.mkdtemp()
@@ -125,7 +150,11 @@ def main(argv=None) -> int:
         if isinstance(runner, RayStreamRunner):
             shard_ms[name] = [s["tick_ms_p50"] for s in runner.status()["per_shard"].values()]
             runner.shutdown()
-    rows = [row(name, times) for name, times in results.items()]
+    # Each runner's rates and work per tick: 2 shards run 32 streams each, one thread each, in parallel.
+    bound_of = {"embedded, 1 thread": (rates[1], work[STREAMS]), "embedded, 2 threads": (rates[2], work[STREAMS]),
+                "Ray, 1 shard x 1 thread": (rates[1], work[STREAMS]),
+                "Ray, 2 shards x 1 thread": (rates[1], work[STREAMS // 2])}
+    rows = [row(name, times, *bound_of[name]) for name, times in results.items()]
     base = np.percentile(results["embedded, 1 thread"], 50)
     ray1 = np.percentile(results["Ray, 1 shard x 1 thread"], 50)
     overhead = ray1 - base
@@ -164,9 +193,17 @@ def main(argv=None) -> int:
         f"({inside / ray1:.0%}) went to serialising 64 frames and outputs, the actor round trip and the client.",
         f"2 shards' ticks inside the shards (p50): {', '.join(f'{v:.1f} ms' for v in shard_ms['Ray, 2 shards x 1 thread'])}.",
         "Machine shared with other jobs: absolute numbers vary between runs, the table is one run.",
+        f"Bound (of the p50 tick): a tick of 64 streams does {work[STREAMS][0] / 1e9:.3f} GMACs and reads "
+        f"{work[STREAMS][1] / 1e6:.1f} MB of weights, states and frames (2 shards: half the MACs each, "
+        f"{work[STREAMS // 2][1] / 1e6:.1f} MB, in parallel). It bounds the network's work only: serialising "
+        "frames and outputs and the actor round trip have no arithmetic bound (their cost is the Ray rows' excess "
+        "over the embedded runner's), and neither have the recovery times below. Rates: "
+        f"{rates[1].macs_per_s / 1e9:.1f} GMAC/s and {rates[1].bytes_per_s / 1e9:.1f} GB/s on 1 thread, "
+        f"{rates[2].macs_per_s / 1e9:.1f} GMAC/s and {rates[2].bytes_per_s / 1e9:.1f} GB/s on 2. " + rates[1].note(),
     ] + environment(1)
     text = write_table(
-        os.path.join(HERE, "results", "ray.md"), rows, ["runner", "frames/s", "tick p50 (ms)", "tick p99 (ms)"],
+        os.path.join(args.out_dir, "ray.md"), rows,
+        ["runner", "frames/s", "tick p50 (ms)", "tick p99 (ms)", "bound (ms)", "x of the bound"],
         notes=notes, title="The stream runner on Ray: throughput, tick latency, recovery",
         extra_tables=[("Recovering a lost shard", ["restored on", "streams", "recovery (s)",
                                                    "until all caught up (s)", "ticks"], recovery_rows)])

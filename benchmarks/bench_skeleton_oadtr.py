@@ -35,10 +35,13 @@ on them), the same weights for every candidate of a model:
     first 9 only.
 
 Per prediction: a regular candidate's time is one ``forward`` (one prediction), a continual
-candidate's one step (one prediction per step). Writes ``results/skeleton_oadtr.md`` and
+candidate's one step (one prediction per step). Every row also shows the physical bound
+(`_common.MachineRates`): the prediction's multiply-adds (``cofunc.count_macs``) at the measured
+matrix-product rate or the bytes of weights and state (or input window) it must read at the
+measured memory bandwidth, and "x of the bound" (median / bound). Writes ``results/skeleton_oadtr.md`` and
 ``results/skeleton_oadtr.png``.
 
-Usage: ``python benchmarks/bench_skeleton_oadtr.py [--quick] [--threads N] [--rounds R]
+Usage: ``python -m benchmarks.bench_skeleton_oadtr [--quick] [--threads N] [--rounds R]
 [--inner K] [--max-other-cores CORES] [--clock wall|cpu] [--out-dir DIR]``. A full run discards
 rounds during which other processes kept more than ``--max-other-cores`` (default 0.5) cores
 busy.
@@ -50,19 +53,13 @@ import argparse
 import os
 import sys
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import continual as co  # noqa: E402
-from _common import (  # noqa: E402
+import continual as co
+from benchmarks._common import (
     BenchResult,
     Panel,
     Ratio,
@@ -70,11 +67,15 @@ from _common import (  # noqa: E402
     bench_interleaved,
     environment,
     fmt_ms,
+    measure_rates,
+    tree_bytes,
     write_table,
 )
-from cofunc import count_macs  # noqa: E402
-from cofunc.models.oadtr import oadtr  # noqa: E402
-from cofunc.models.skeleton import agcn, s_tr, st_gcn  # noqa: E402
+from cofunc import count_macs
+from cofunc.models.oadtr import oadtr
+from cofunc.models.skeleton import agcn, s_tr, st_gcn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 FRAME = (1, 3, 25, 2)
 STAR_RF = 81
@@ -85,10 +86,16 @@ SKELETONS = {"ST-GCN": st_gcn, "AGCN": agcn, "S-TR": s_tr}
 
 
 class Candidate:
-    """A timed callable: ``kind`` is "regular" or "continual", ``macs`` per prediction."""
+    """A timed callable: ``kind`` is "regular" or "continual", ``macs`` per prediction (as the
+    candidate computes it), ``nbytes`` the bytes of weights and state (or input) a prediction must
+    read, ``bound_macs`` the multiply-adds its bound counts (default ``macs``; co's steps are
+    bounded by cofunc's step, which makes the same prediction without multiplying zeros)."""
 
-    def __init__(self, model: str, label: str, kind: str, fn: Callable[[], Any], macs: int = 0):
+    def __init__(self, model: str, label: str, kind: str, fn: Callable[[], Any], macs: int, nbytes: int,
+                 bound_macs: Optional[int] = None):
         self.model, self.label, self.kind, self.fn, self.macs = model, label, kind, fn, macs
+        self.nbytes = nbytes
+        self.bound_macs = macs if bound_macs is None else bound_macs
 
     @property
     def name(self) -> str:
@@ -191,14 +198,18 @@ def skeleton_candidates(name: str, builder, seed: int, with_co: bool, diffs: Dic
         step_macs, _ = count_macs(layer.step, params, state, x)
         regular_macs, _ = count_macs(regular.layer.forward, regular.params, clip300)
         window_macs, _ = count_macs(layer.forward, params, window)
+    step_bytes = tree_bytes(params, state, x)
     out = [
-        Candidate(name, "regular, 300 frames", "regular", lambda: regular(clip300), regular_macs),
-        Candidate(name, f"regular *, {STAR_RF} frames", "regular", lambda: star(window), window_macs),
-        Candidate(name, "cofunc step", "continual", _stepper(layer, params, state, x), step_macs),
-        Candidate(name, "cofunc.nn step", "continual", lambda: star.forward_step(x), step_macs),
+        Candidate(name, "regular, 300 frames", "regular", lambda: regular(clip300), regular_macs,
+                  tree_bytes(regular.params, clip300)),
+        Candidate(name, f"regular *, {STAR_RF} frames", "regular", lambda: star(window), window_macs,
+                  tree_bytes(params, window)),
+        Candidate(name, "cofunc step", "continual", _stepper(layer, params, state, x), step_macs, step_bytes),
+        Candidate(name, "cofunc.nn step", "continual", lambda: star.forward_step(x), step_macs, step_bytes),
     ]
     if co_net is not None:
-        out.append(Candidate(name, "co step", "continual", lambda: co_net.forward_step(x), co_step_macs(co_net, x)))
+        out.append(Candidate(name, "co step", "continual", lambda: co_net.forward_step(x), co_step_macs(co_net, x),
+                             step_bytes, bound_macs=step_macs))
     return out
 
 
@@ -292,14 +303,16 @@ def oadtr_candidates(num_layers: int, seed: int, with_co: bool, diffs: Dict[str,
         window_t = window.transpose(1, 2).contiguous()
         step_macs, _ = count_macs(layer.step, params, state, x)
         regular_macs, _ = count_macs(layer.forward, params, window)
+    step_bytes, window_bytes = tree_bytes(params, state, x), tree_bytes(params, window)
     out = [
-        Candidate(name, "regular, torch.nn", "regular", lambda: ref(window_t), regular_macs),
-        Candidate(name, "regular, cofunc forward", "regular", lambda: net(window), regular_macs),
-        Candidate(name, "cofunc step", "continual", _stepper(layer, params, state, x), step_macs),
-        Candidate(name, "cofunc.nn step", "continual", lambda: net.forward_step(x), step_macs),
+        Candidate(name, "regular, torch.nn", "regular", lambda: ref(window_t), regular_macs, window_bytes),
+        Candidate(name, "regular, cofunc forward", "regular", lambda: net(window), regular_macs, window_bytes),
+        Candidate(name, "cofunc step", "continual", _stepper(layer, params, state, x), step_macs, step_bytes),
+        Candidate(name, "cofunc.nn step", "continual", lambda: net.forward_step(x), step_macs, step_bytes),
     ]
     if co_net is not None:
-        out.append(Candidate(name, "co step", "continual", lambda: co_net.forward_step(x), co_step_macs(co_net, x)))
+        out.append(Candidate(name, "co step", "continual", lambda: co_net.forward_step(x), co_step_macs(co_net, x),
+                             step_bytes, bound_macs=step_macs))
     return out
 
 
@@ -335,7 +348,7 @@ def _color(c: Candidate) -> str:
     return "#ff7f0e" if c.label.startswith("co ") else "#1f77b4"
 
 
-def report(args, cands: List[Candidate], timings: BenchResult, diffs: Dict[str, float]) -> str:
+def report(args, cands: List[Candidate], timings: BenchResult, diffs: Dict[str, float], rates) -> str:
     by_model: Dict[str, List[Candidate]] = OrderedDict()
     for c in cands:
         by_model.setdefault(c.model, []).append(c)
@@ -347,9 +360,10 @@ def report(args, cands: List[Candidate], timings: BenchResult, diffs: Dict[str, 
             shown = c.model + ("*" if c.kind == "continual" and c.model in SKELETONS else "")
             prefix = "Co" if c.kind == "continual" else ""
             rows.append([f"{prefix}{shown}", c.label, fmt_ms(t.median), f"{fmt_ms(t.p25)} - {fmt_ms(t.p75)}",
-                         f"{1.0 / t.median:,.1f}", f"{c.macs / 1e6:,.1f}", str(Ratio.of(base, t))])
+                         f"{1.0 / t.median:,.1f}", f"{c.macs / 1e6:,.1f}", f"{c.nbytes / 1e6:.1f}",
+                         *rates.cells(c.bound_macs, c.nbytes, t), str(Ratio.of(base, t))])
     header = ["model", "candidate", "ms per prediction (median)", "p25 - p75 (ms)", "predictions/s",
-              "MMACs per prediction", "first row / this"]
+              "MMACs per prediction", "MB touched", "bound (ms)", "x of the bound", "first row / this"]
     clock = "wall" if args.clock == "wall" else "process CPU"
     notes = [
         "Per prediction: a regular candidate's time is one forward (one prediction); a continual candidate's is one "
@@ -375,18 +389,26 @@ def report(args, cands: List[Candidate], timings: BenchResult, diffs: Dict[str, 
         "matrix-vector products bound by memory bandwidth, while the regular window's 64-token products are "
         "compute-bound; so the measured speed-ups stay far below the MAC ratios (b1: 64x, b2: 4.9x). The skeleton "
         "steps (a few MB of weights, 25 x 2 joints per frame) come closer to theirs.",
+        "Bound: MB touched is the weights and what a prediction must read besides: a step's state and frame, a "
+        "regular forward's input clip or window, each read once. co's steps are bounded by cofunc's step (the same "
+        "prediction; co's extra MACs are not needed for it: see the note on co's MACs). " + rates.note(),
         f"Method: batch 1, float32, eval, torch.no_grad(), {args.threads} torch thread(s); every candidate warmed up, "
         f"then {args.rounds} rounds x {args.inner} call(s) each, round-robin with the order rotated every round; a "
         f"sample is the mean {clock} time per call in one round; medians and p25-p75 over rounds; ratios are of "
         "medians with p25-p75 of the round-by-round ratios.",
         "Outputs checked before timing against the regular network on each window (atol 1e-4, rtol 1e-4); largest "
         "|diff|: " + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + ".",
-        "Command: `python benchmarks/bench_skeleton_oadtr.py " + " ".join(args.argv) + "`.",
+        "Command: `python -m benchmarks.bench_skeleton_oadtr " + " ".join(args.argv) + "`.",
     ]
     notes += environment(args.threads)
     notes.append(f"Shared machine: in the kept rounds other processes kept {timings.other_cores:.2f} of the "
                  f"{os.cpu_count()} cores busy on average ({timings.rounds_kept} rounds kept, "
                  f"{timings.rounds_discarded} discarded, {timings.rounds_disturbed} kept over the limit).")
+    if any(timings[c.name].median < rates.bound(c.bound_macs, c.nbytes) for c in cands):
+        notes.append("Rows under 1.0x of the bound ran faster than the matrix-product rate measured before the timing: "
+                     "the rate is one measurement on a shared machine whose load varies during the run (other "
+                     "processes slow a matrix product down even when they leave this one its core), and oneDNN's kernels "
+                     "can beat a 1024^3 `mm`. Compare rows by their ratios.")
     if args.quick:
         notes.insert(0, "QUICK RUN (few rounds, no load filter): indicative only.")
     text = write_table(
@@ -405,6 +427,7 @@ def report(args, cands: List[Candidate], timings: BenchResult, diffs: Dict[str, 
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    rates = measure_rates(args.threads)
     diffs: Dict[str, float] = OrderedDict()
     cands: List[Candidate] = []
     with torch.no_grad():
@@ -416,7 +439,7 @@ def main(argv=None) -> int:
         timings = bench_interleaved(fns, rounds=args.rounds, inner=args.inner, warmup=1 if args.quick else 3,
                                     max_other_cores=args.max_other_cores, max_seconds=args.max_seconds,
                                     clock=args.clock, progress_every=60.0)
-    print(report(args, cands, timings, diffs))
+    print(report(args, cands, timings, diffs, rates))
     print(f"wrote skeleton_oadtr.md and skeleton_oadtr.png to {args.out_dir}")
     return 0
 

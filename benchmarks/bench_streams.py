@@ -20,7 +20,7 @@ table shows the physical bound of a tick (its MACs at the measured matrix-produc
 bytes of weights and state at the measured bandwidth).
 Writes ``results/streams.md`` and ``results/streams.png``.
 
-Usage: ``python benchmarks/bench_streams.py [--quick] [--threads N] [--streams N] [--rounds R]
+Usage: ``python -m benchmarks.bench_streams [--quick] [--threads N] [--streams N] [--rounds R]
 [--clock wall|cpu]``.
 """
 
@@ -28,21 +28,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+import torch
+from torch import nn
+
+import continual as co
+import cofunc
+import cofunc.nn as cn
+from benchmarks._common import GOAL_HEADER, Goal, Panel, Ratio, bar_plot, bench_interleaved, environment, fmt_ms, measure_rates, tree_bytes, write_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import continual as co  # noqa: E402
-import cofunc  # noqa: E402
-import cofunc.nn as cn  # noqa: E402
-from _common import GOAL_HEADER, Goal, Panel, Ratio, bar_plot, bench_interleaved, environment, fmt_ms, measure_rates, tree_bytes, write_table  # noqa: E402
 
 CHANNELS, SIZE, BLOCKS = 32, 14, 10
 

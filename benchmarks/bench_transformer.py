@@ -27,7 +27,7 @@ Goals: 2-layer step >= 2x cheaper than the clip forward and >= 4x faster than co
 Every row shows the physical bound (`_common.MachineRates`). Writes ``results/transformer.md`` and
 ``results/transformer.png`` and prints the tables.
 
-Usage: ``python benchmarks/bench_transformer.py [--quick] [--threads N] [--clock cpu] [--compile]``.
+Usage: ``python -m benchmarks.bench_transformer [--quick] [--threads N] [--clock cpu] [--compile]``.
 """
 
 from __future__ import annotations
@@ -39,18 +39,12 @@ import sys
 import time
 from typing import Any, Callable, Dict, List
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
-
-import continual as co  # noqa: E402
-from _common import (  # noqa: E402
+import continual as co
+from benchmarks._common import (
     GOAL_HEADER,
     BenchResult,
     Goal,
@@ -65,9 +59,11 @@ from _common import (  # noqa: E402
     tree_bytes,
     write_table,
 )
-from cofunc._params import unflatten_params  # noqa: E402
-from cofunc._transformer import transformer_encoder  # noqa: E402
-from cofunc.nn.transformer import TransformerEncoder as CnTransformerEncoder  # noqa: E402
+from cofunc import unflatten_params
+from cofunc import transformer_encoder
+from cofunc.nn.transformer import TransformerEncoder as CnTransformerEncoder
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 D, HEADS, FF, N = 512, 8, 2048, 64
 STREAMS = 64  # the throughput candidate: one tick steps this many independent streams
@@ -365,7 +361,7 @@ def report(args, timings: BenchResult, keys: Dict[str, tuple], diffs: Dict[int, 
     if compile_seconds:
         notes.append("torch.compile(step, fullgraph=True) first-call time: "
                      + ", ".join(f"{d} layer(s) {s:.1f} s" for d, s in sorted(compile_seconds.items())) + ".")
-    notes.append("Command: `python benchmarks/bench_transformer.py " + " ".join(args.argv) + "`.")
+    notes.append("Command: `python -m benchmarks.bench_transformer " + " ".join(args.argv) + "`.")
     notes += environment(args.threads)
     notes.append(f"Shared machine: in the timed rounds other processes kept {timings.other_cores:.2f} of the "
                  f"{os.cpu_count()} cores busy on average ({timings.rounds_discarded} rounds discarded); load "

@@ -38,7 +38,7 @@ rate or its bytes at the measured memory bandwidth.
 
 Writes ``results/video_zoo.md`` and ``results/video_zoo.png`` and prints the tables.
 
-Usage: ``python benchmarks/bench_video_zoo.py [--quick] [--models x3d_s,x3d_m,slow] [--no-compile]
+Usage: ``python -m benchmarks.bench_video_zoo [--quick] [--models x3d_s,x3d_m,slow] [--no-compile]
 [--threads N] [--rounds R] [--inner K] [--max-other-cores CORES] [--clock wall|cpu]
 [--out-dir DIR]``. Full-size models are heavy on 2 cores: a full run takes several minutes per
 model (``torch.compile`` of a CoX3D step alone takes one to two minutes); ``--quick`` runs 3
@@ -55,22 +55,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-# Measure this checkout's cofunc (also when it is not installed), and find _common.
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import torch
+from torch import nn
 
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-import continual as co  # noqa: E402
-import cofunc  # noqa: E402
-import cofunc.nn as cn  # noqa: E402
-from cofunc.models import slow_r50, x3d  # noqa: E402
-from cofunc.models._blocks import ResBlock, SpatialMean, SqueezeExcitation, Swish, VideoNet  # noqa: E402
-from _common import (  # noqa: E402
+import continual as co
+import cofunc
+import cofunc.nn as cn
+from cofunc.models import slow_r50, x3d
+from cofunc.models._blocks import ResBlock, SpatialMean, SqueezeExcitation, Swish, VideoNet
+from benchmarks._common import (
     GOAL_HEADER,
     BenchResult,
     Goal,
@@ -84,6 +77,8 @@ from _common import (  # noqa: E402
     tree_bytes,
     write_table,
 )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 EAGER, COMPILED, CO, CLIP = "cofunc eager step", "cofunc compiled step", "co 1.2.4 step", "regular clip"
 COLORS = {EAGER: "#1f77b4", COMPILED: "#17456b", CO: "#ff7f0e", CLIP: "#9e9e9e"}
