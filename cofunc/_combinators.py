@@ -82,7 +82,7 @@ class Broadcast(StatelessAnyRank):
     """``x -> (x, ..., x)``, ``n`` copies. Stateless."""
 
     n: int
-    rank: Optional[int] = None
+    step_rank: Optional[int] = None
 
     def __post_init__(self):
         if not isinstance(self.n, int) or self.n < 1:
@@ -325,7 +325,7 @@ class Reduce(StatelessAnyRank):
     ``"max"``, or a callable ``Sequence[Tensor] -> Tensor``. Stateless."""
 
     how: Union[str, Callable] = "sum"
-    rank: Optional[int] = None
+    step_rank: Optional[int] = None
 
     def __post_init__(self):
         if isinstance(self.how, str) and self.how not in ("sum", "concat", "mul", "max"):
@@ -341,7 +341,7 @@ class Reduce(StatelessAnyRank):
         if not isinstance(values, (tuple, list)) or not values:
             raise InputShapeError(f"{self.label}: expected a non-empty tuple of streams, got {type(values).__name__}")
         if self.how == "concat":
-            dim = 1 if self.rank is None else -(self.rank + clip)
+            dim = 1 if self.step_rank is None else -(self.step_rank + clip)
             return torch.cat(list(values), dim=dim)
         if isinstance(self.how, str):
             # A list, not a set: symbolic sizes (export with a dynamic stream dim) are unhashable.

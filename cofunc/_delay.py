@@ -35,12 +35,12 @@ class Delay(Layer):
     plain delay whose clip ``forward`` is the identity. In general ``forward`` keeps clip frames
     ``window - 1 - n`` to ``T + end - 1 - n``.
 
-    ``rank`` is the non-batch rank of a step input (``1 + len(S)``); inside a `seq` it is taken
+    ``step_rank`` is the non-batch rank of a step input (``1 + len(S)``); inside a `seq` it is taken
     from the neighbouring layers.
     """
 
     n: int
-    rank: Optional[int] = None
+    step_rank: Optional[int] = None
     window: Optional[int] = None
     end: Optional[int] = None
 
@@ -56,8 +56,8 @@ class Delay(Layer):
                 f"{self.label}: needs window >= n + 1 and 0 <= end <= n (outputs must be real frames), "
                 f"got window={self.window}, end={self.end}"
             )
-        if self.rank is not None and self.rank < 1:
-            raise ConfigurationError(f"{self.label}: `rank` must be at least 1 (the channel axis), got {self.rank}")
+        if self.step_rank is not None and self.step_rank < 1:
+            raise ConfigurationError(f"{self.label}: `step_rank` must be at least 1 (the channel axis), got {self.step_rank}")
 
     @property
     def label(self) -> str:
@@ -76,10 +76,6 @@ class Delay(Layer):
         return self.end
 
     @property
-    def step_rank(self):
-        return self.rank
-
-    @property
     def stateful(self) -> bool:
         return self.window > 1
 
@@ -88,7 +84,7 @@ class Delay(Layer):
         return True
 
     def with_rank(self, rank: int) -> "Delay":
-        return self if self.rank == rank else dataclasses.replace(self, rank=rank)
+        return self if self.step_rank == rank else dataclasses.replace(self, step_rank=rank)
 
     def init_state(self, params, input_shape, *, device=None, dtype=None):
         if not self.stateful:
@@ -103,7 +99,7 @@ class Delay(Layer):
 
     def _check(self, state, x, what):
         self.check_state_type(state, DelayState)
-        if self.rank is None:
+        if self.step_rank is None:
             self.batch_shape(x.shape)  # raises: the rank is needed to find the stream dims
         self.check_state_batch(state.count, x, what)
         self.check_state_buffer(state.buffer, state.count, self.n, x, what)
@@ -117,7 +113,7 @@ class Delay(Layer):
         buffer, count = state
         if self.n == 0:
             return x, DelayState(buffer, count + 1)
-        axis = -self.rank
+        axis = -self.step_rank
         window, next_buffer = push_frames(buffer, x.unsqueeze(axis), axis)
         return window.select(axis, 0), DelayState(next_buffer, count + 1)
 
@@ -157,22 +153,22 @@ class Delay(Layer):
         return xs.narrow(axis, min(start, xs.shape[axis]), max(length, 0))
 
 
-def delay(n: int, rank: Optional[int] = None) -> Delay:
+def delay(n: int, step_rank: Optional[int] = None) -> Delay:
     """A layer that outputs each step's input ``n`` steps later; ``forward`` is the identity.
 
     Example:
         >>> import torch, cofunc
-        >>> layer = cofunc.delay(2, rank=1)
+        >>> layer = cofunc.delay(2, step_rank=1)
         >>> state = layer.init_state({}, (1, 3))
         >>> for t in range(3):
         ...     y, state = layer.step({}, state, torch.full((1, 3), float(t)))
         >>> y, bool(layer.valid(state))
         (tensor([[0., 0., 0.]]), True)
     """
-    return Delay(n, rank)
+    return Delay(n, step_rank)
 
 
-def skip(n: int, rank: Optional[int] = None) -> Delay:
+def skip(n: int, step_rank: Optional[int] = None) -> Delay:
     """Drop the first ``n`` frames: ``forward`` returns ``x[:, :, n:]``, steps emit from step ``n``.
 
     Example:
@@ -180,4 +176,4 @@ def skip(n: int, rank: Optional[int] = None) -> Delay:
         >>> cofunc.skip(2).delay
         2
     """
-    return Delay(0, rank, window=n + 1, end=0)
+    return Delay(0, step_rank, window=n + 1, end=0)

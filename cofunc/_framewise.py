@@ -81,7 +81,7 @@ class Reshape(Stateless):
 
     shape: Tuple[int, ...]
     contiguous: bool = False
-    rank: Optional[int] = None
+    step_rank: Optional[int] = None
 
     def __post_init__(self):
         shape = tuple(int(s) for s in self.shape)
@@ -94,18 +94,14 @@ class Reshape(Stateless):
         return f"reshape{self.shape}"
 
     @property
-    def step_rank(self):
-        return self.rank
-
-    @property
     def out_rank(self):
         return len(self.shape)
 
     def with_rank(self, rank):
-        return dataclasses.replace(self, rank=rank)
+        return dataclasses.replace(self, step_rank=rank)
 
     def _lead(self, x: Tensor, clip: bool) -> int:
-        rank = self.rank
+        rank = self.step_rank
         if rank is None:
             return 1  # one batch dim, like torch and co
         return x.dim() - rank - clip
@@ -129,7 +125,7 @@ class Reshape(Stateless):
         return tuple(math.prod(frame_shape) // known if s == -1 else s for s in self.shape)
 
     def step_output_shape(self, input_shape):
-        n = 1 if self.rank is None else len(input_shape) - self.rank
+        n = 1 if self.step_rank is None else len(input_shape) - self.step_rank
         numel = math.prod(input_shape[n:])
         known = math.prod(s for s in self.shape if s != -1)
         shape = tuple(numel // known if s == -1 else s for s in self.shape)
@@ -160,7 +156,7 @@ class Linear(StatelessAnyRank):
     out_features: int
     bias: bool = True
     channel_dim: Optional[int] = None
-    rank: Optional[int] = None
+    step_rank: Optional[int] = None
 
     @property
     def label(self):
@@ -173,7 +169,7 @@ class Linear(StatelessAnyRank):
     def _dim(self, x: Tensor, clip: bool) -> int:
         if self.channel_dim is not None:
             return self.channel_dim
-        return 1 if self.rank is None else x.dim() - self.rank - clip
+        return 1 if self.step_rank is None else x.dim() - self.step_rank - clip
 
     def _apply(self, params, x: Tensor, clip: bool) -> Tensor:
         dim = self._dim(x, clip)
@@ -198,7 +194,7 @@ class Linear(StatelessAnyRank):
 
     def step_output_shape(self, input_shape):
         shape = list(input_shape)
-        dim = self.channel_dim if self.channel_dim is not None else (1 if self.rank is None else len(shape) - self.rank)
+        dim = self.channel_dim if self.channel_dim is not None else (1 if self.step_rank is None else len(shape) - self.step_rank)
         shape[dim] = self.out_features
         return tuple(shape)
 

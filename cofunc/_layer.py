@@ -259,7 +259,7 @@ class Layer(abc.ABC):
         if rank is None:
             raise StateError(
                 f"{self.label}: the rank of a step input is unknown, so the stream dims cannot be "
-                f"told apart; give the layer a rank (for example `delay(n, rank=3)`) or place it "
+                f"told apart; give the layer a rank (for example `delay(n, step_rank=3)`) or place it "
                 f"after a layer that knows it in a `seq`."
             )
         if len(input_shape) < rank:
@@ -481,14 +481,14 @@ class Layer(abc.ABC):
             )
 
 
-def with_one_batch_dim(fn: Callable[[Tensor], Tensor], x: Tensor, unbatched_rank: Optional[int]) -> Tensor:
+def with_one_batch_dim(fn: Callable[[Tensor], Tensor], x: Tensor, step_rank: Optional[int]) -> Tensor:
     """Apply ``fn``, which takes exactly one batch dim, to ``x`` with any leading stream dims.
 
-    With ``unbatched_rank=None`` the rank is unknown and ``x`` is assumed to have one batch dim.
+    With ``step_rank=None`` the rank is unknown and ``x`` is assumed to have one batch dim.
     """
-    if unbatched_rank is None:
+    if step_rank is None:
         return fn(x)
-    lead = x.shape[: x.dim() - unbatched_rank]
+    lead = x.shape[: x.dim() - step_rank]
     if len(lead) == 1:
         return fn(x)
     # The explicit size (not -1) also reshapes empty tensors (a chunk of zero frames).
@@ -585,19 +585,15 @@ class Stateless(Layer):
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class StatelessAnyRank(Stateless):
-    """A `Stateless` layer that keeps the rank of whatever it gets: its ``rank`` field (the
+    """A `Stateless` layer that keeps the rank of whatever it gets: its ``step_rank`` field (the
     non-batch rank of a step) is given, or taken from its neighbours in a `seq`."""
-
-    @property
-    def step_rank(self):
-        return self.rank
 
     @property
     def keeps_rank(self) -> bool:
         return True
 
     def with_rank(self, rank: int):
-        return self if rank == self.rank else dataclasses.replace(self, rank=rank)
+        return self if rank == self.step_rank else dataclasses.replace(self, step_rank=rank)
 
 
 def check_dtype_device(layer: Layer, x: Tensor, reference: Optional[Tensor], what: str = "step input") -> None:

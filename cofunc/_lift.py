@@ -27,30 +27,35 @@ class Lift(Stateless):
     ``pointwise=True`` means ``apply`` works on tensors of any rank alike (activations, dropout,
     layer norm over trailing spatial axes), so a frame is passed as it is. Otherwise the frame
     is given a time axis of length 1 before ``apply`` and loses it after, and the leading stream
-    dims are flattened into one batch dim when ``rank`` is known. ``rank`` is the non-batch rank
-    of a step input; ``rank_out`` that of a step output when ``apply`` changes it (a spatial
-    mean), and ``same_rank`` says the output has the input's rank whatever it is.
+    dims are flattened into one batch dim when ``step_rank`` is known. ``step_rank`` is the
+    non-batch rank of a step input (None: taken from the neighbours in a `seq`); ``keeps_rank``
+    says the output has the input's rank whatever it is (always so when ``pointwise``), and
+    ``out_rank`` gives the output's rank when ``apply`` changes it (a spatial mean).
     """
 
     apply: Callable
     name: str = "lift"
     pointwise: bool = True
-    rank: Optional[int] = None
+    step_rank: Optional[int] = None
     template: Optional[nn.Module] = None
-    same_rank: bool = False
+    keeps_rank: bool = False
     frame_loop: bool = False
-    rank_out: Optional[int] = None
+    out_rank: Optional[int] = None
+
+    def __post_init__(self):
+        if self.pointwise:
+            object.__setattr__(self, "keeps_rank", True)
+        if self.keeps_rank and self.out_rank is None:
+            object.__setattr__(self, "out_rank", self.step_rank)
 
     @property
     def label(self) -> str:
         return self.name
 
-    @property
-    def step_rank(self):
-        return self.rank
-
     def with_rank(self, rank: int) -> "Lift":
-        return self if self.rank == rank else dataclasses.replace(self, rank=rank)
+        if self.step_rank == rank:
+            return self
+        return dataclasses.replace(self, step_rank=rank, out_rank=rank if self.keeps_rank else self.out_rank)
 
     def init_params(self, *, device=None, dtype=None):
         if self.template is None:
@@ -66,17 +71,6 @@ class Lift(Stateless):
         # The template's own tensors have the shapes (no copy of the module, as init_params makes).
         return {} if self.template is None else params_shapes_of(_nest(module_params(self.template)))
 
-    @property
-    def keeps_rank(self) -> bool:
-        # A per-frame module may change the rank (a spatial mean, say).
-        return self.pointwise or self.same_rank
-
-    @property
-    def out_rank(self):
-        if self.rank_out is not None:
-            return self.rank_out
-        return self.rank if self.keeps_rank else None
-
     def step_unmasked(self, params, state, x):
         self.check_step_input(x)
         if self.pointwise:
@@ -87,13 +81,13 @@ class Lift(Stateless):
                 return self.apply(params, frame)
             return self.apply(params, frame.unsqueeze(2)).squeeze(2)
 
-        return with_one_batch_dim(on_frame, x, self.rank), state
+        return with_one_batch_dim(on_frame, x, self.step_rank), state
 
     def forward(self, params, xs):
         self.check_clip_input(xs)
         if self.pointwise:
             return self.apply(params, xs)
-        time_axis = 2 if self.rank is None else xs.dim() - self.rank
+        time_axis = 2 if self.step_rank is None else xs.dim() - self.step_rank
         if xs.shape[time_axis] == 0:
             # A module may refuse an empty clip (a conv): the output shape comes from a frame.
             step_shape = tuple(s for i, s in enumerate(xs.shape) if i != time_axis)
@@ -105,7 +99,7 @@ class Lift(Stateless):
         else:
             def on_clip(clip):
                 return self.apply(params, clip)
-        return with_one_batch_dim(on_clip, xs, None if self.rank is None else self.rank + 1)
+        return with_one_batch_dim(on_clip, xs, None if self.step_rank is None else self.step_rank + 1)
 
     def step_output_shape(self, input_shape):
         if self.pointwise and self.template is None:
@@ -147,7 +141,7 @@ def _fresh_copy(module: nn.Module) -> nn.Module:
     return fresh
 
 
-def lift(fn: Callable[[Tensor], Tensor], *, name: Optional[str] = None, pointwise: bool = True, rank: Optional[int] = None) -> Lift:
+def lift(fn: Callable[[Tensor], Tensor], *, name: Optional[str] = None, pointwise: bool = True, step_rank: Optional[int] = None) -> Lift:
     """Lift a parameter-free, temporally-local function ``fn(x) -> y`` into a stateless layer.
 
     Example:
@@ -157,7 +151,7 @@ def lift(fn: Callable[[Tensor], Tensor], *, name: Optional[str] = None, pointwis
         >>> y
         tensor([[0., 2.]])
     """
-    return Lift(lambda params, x: fn(x), name or getattr(fn, "__name__", "lift"), pointwise, rank)
+    return Lift(lambda params, x: fn(x), name or getattr(fn, "__name__", "lift"), pointwise, step_rank)
 
 
 # --- torch.nn modules ------------------------------------------------------------------------
@@ -185,7 +179,7 @@ def _batch_norm_apply(eps: float, affine: bool, mode_of: Optional[nn.Module] = N
     return apply
 
 
-def lift_module(module: nn.Module, *, rank: Optional[int] = None, follow_training: bool = False) -> Lift:
+def lift_module(module: nn.Module, *, step_rank: Optional[int] = None, follow_training: bool = False) -> Lift:
     """Lift a temporally-local torch.nn module into a stateless layer with the module's params.
 
     Batch norm is applied with its running statistics (its inference behaviour, exact per frame);
@@ -217,32 +211,32 @@ def lift_module(module: nn.Module, *, rank: Optional[int] = None, follow_trainin
                 f"cannot equal the clip; use track_running_stats=True and eval mode"
             )
         in_rank = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
-        norm_rank = rank if rank is not None else next(r for cls, r in in_rank.items() if isinstance(module, cls))
+        norm_rank = step_rank if step_rank is not None else next(r for cls, r in in_rank.items() if isinstance(module, cls))
         # With running statistics an instance norm at inference is a batch norm.
-        return Lift(_batch_norm_apply(module.eps, module.affine), name, False, norm_rank, module, same_rank=True)
+        return Lift(_batch_norm_apply(module.eps, module.affine), name, False, norm_rank, module, keeps_rank=True)
     if isinstance(module, tuple(_BATCH_NORMS)):
         if not module.track_running_stats or module.running_mean is None:
             raise ConfigurationError(
                 f"{name}: batch norm without running statistics normalises over time, so a step "
                 f"cannot equal the clip; use track_running_stats=True"
             )
-        bn_rank = rank if rank is not None else next(r for cls, r in _BATCH_NORMS.items() if isinstance(module, cls))
+        bn_rank = step_rank if step_rank is not None else next(r for cls, r in _BATCH_NORMS.items() if isinstance(module, cls))
         return Lift(_batch_norm_apply(module.eps, module.affine, module if follow_training else None), name, False,
-                    bn_rank, module, same_rank=True)
+                    bn_rank, module, keeps_rank=True)
     if isinstance(module, _DROPOUTS):
-        return Lift(lambda params, x: x, name, True, rank, None)
+        return Lift(lambda params, x: x, name, True, step_rank, None)
     if isinstance(module, nn.LayerNorm):
         shape, eps = tuple(module.normalized_shape), module.eps
         return Lift(
             lambda params, x: F.layer_norm(x, shape, params.get("weight"), params.get("bias"), eps),
-            name, True, rank, module if module_params(module) else None,
+            name, True, step_rank, module if module_params(module) else None,
         )
     if isinstance(module, _POINTWISE_MODULES) and not module_params(module):
-        return Lift(lambda params, x: module.forward(x), name, True, rank, None)
+        return Lift(lambda params, x: module.forward(x), name, True, step_rank, None)
     if not module_params(module):
-        return Lift(lambda params, x: module.forward(x), name, False, rank, None)
+        return Lift(lambda params, x: module.forward(x), name, False, step_rank, None)
 
     def apply(params, x):
         return torch.func.functional_call(module, flatten_params(params), (x,), strict=True)
 
-    return Lift(apply, name, False, rank, module)
+    return Lift(apply, name, False, step_rank, module)

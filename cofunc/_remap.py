@@ -47,16 +47,25 @@ class Remap(Wrapper):
 
     mapping: Tuple[Tuple[str, str], ...]
     name: str = "remap"
-    rank_out: Optional[int] = None  # the output rank, when ``inner`` cannot tell it
+    out_rank: Optional[int] = None  # the output rank, when ``inner`` cannot tell it
 
     def __post_init__(self):
         pairs = tuple(self.mapping.items()) if isinstance(self.mapping, Mapping) else tuple(self.mapping)
         if not pairs or any(not isinstance(a, str) or not a or not isinstance(b, str) for a, b in pairs):
             raise ConfigurationError(f"remap: `mapping` pairs non-empty inner paths with outer paths, got {self.mapping!r}")
         object.__setattr__(self, "mapping", pairs)
+        if self.out_rank is None:
+            object.__setattr__(self, "out_rank", self.inner.out_rank)
 
     label = property(lambda self: f"{self.name}({self.inner.label})")
-    out_rank = property(lambda self: self.inner.out_rank if self.rank_out is None else self.rank_out)
+
+    def with_rank(self, rank):
+        inner = self.inner.with_rank(rank)
+        if inner is self.inner:
+            return self
+        # An output rank the inner layer told follows it; one given explicitly stays.
+        told = self.out_rank == self.inner.out_rank
+        return dataclasses.replace(self, inner=inner, out_rank=inner.out_rank if told else self.out_rank)
 
     def view(self, params: Params) -> dict:
         """The inner params, read from the outer ``params``."""

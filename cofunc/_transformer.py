@@ -431,7 +431,7 @@ class ChannelLayerNorm(StatelessAnyRank):
     eps: float = 1e-5
     elementwise_affine: bool = True
     bias: bool = True
-    rank: Optional[int] = None
+    step_rank: Optional[int] = None
 
     @property
     def label(self) -> str:
@@ -449,7 +449,7 @@ class ChannelLayerNorm(StatelessAnyRank):
         return y if axis == -1 else y.movedim(-1, axis)
 
     def _axis(self, clip: bool) -> int:
-        rank = 1 if self.rank is None else self.rank
+        rank = 1 if self.step_rank is None else self.step_rank
         return -rank - clip
 
     def step_unmasked(self, params, state, x):
@@ -599,7 +599,7 @@ def transformer_encoder(
                 raise ConfigurationError(
                     f"transformer_encoder: the norm normalises shape {tuple(norm.normalized_shape)}, expected ({encoder_layer.d_model},)"
                 )
-            norm = ChannelLayerNorm(encoder_layer.d_model, norm.eps, norm.elementwise_affine, norm.bias is not None, rank=1)
+            norm = ChannelLayerNorm(encoder_layer.d_model, norm.eps, norm.elementwise_affine, norm.bias is not None, step_rank=1)
         elif not isinstance(norm, Layer):
             raise ConfigurationError(f"transformer_encoder: `norm` must be an nn.LayerNorm or a cofunc Layer, got {type(norm).__name__}")
         children["norm"] = norm

@@ -176,7 +176,7 @@ def test_parallel_aligns_branch_delays():
 
 def test_parallel_without_auto_delay_keeps_equal_delays():
     """``auto_delay=False`` inserts nothing: branches with equal delays stay aligned."""
-    layer = cofunc.parallel(cofunc.conv1d(2, 2, 3, padding=1), cofunc.delay(1, rank=1), auto_delay=False)
+    layer = cofunc.parallel(cofunc.conv1d(2, 2, 3, padding=1), cofunc.delay(1, step_rank=1), auto_delay=False)
     assert (layer.delay, layer.receptive_field) == (1, 3)
     params = conv_params(layer)
     xs = (clip(1, 2, 6), clip(1, 2, 6))
@@ -245,7 +245,7 @@ def test_reduce(how):
 
 def test_reduce_concat_with_stream_dims_and_errors():
     """With the rank known, ``concat`` joins the channel axis of steps and clips alike."""
-    layer = cofunc.Reduce("concat", rank=2)
+    layer = cofunc.Reduce("concat", step_rank=2)
     xs = (clip(2, 3, 1, 4, 2), clip(2, 3, 2, 4, 2))  # (B1, B2, C, T, S)
     ys = assert_call_modes(layer, {}, xs)
     assert torch.equal(ys, torch.cat(xs, dim=2))
@@ -494,7 +494,7 @@ def test_vmap_equals_batched(name, layer, frame_shape):
 
 
 def test_vmap_parallel_tuple_inputs():
-    layer = cofunc.parallel(cofunc.conv1d(2, 2, 3), cofunc.delay(0, rank=1))
+    layer = cofunc.parallel(cofunc.conv1d(2, 2, 3), cofunc.delay(0, step_rank=1))
     params = conv_params(layer)
     assert_vmap_equals_batched(layer, params, [(clip(3, 2), clip(3, 2)) for _ in range(5)])
 

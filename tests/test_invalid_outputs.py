@@ -28,7 +28,7 @@ CASES = {
     "conv without padding": (lambda: cofunc.conv1d(2, 3, 3), (2,)),
     "strided conv": (lambda: cofunc.conv1d(2, 3, 3, stride=2, padding=1), (2,)),
     "strided max pool": (lambda: cofunc.max_pool2d((2, 1), stride=(2, 1)), (2, 3)),
-    "delay": (lambda: cofunc.delay(2, rank=1), (2,)),
+    "delay": (lambda: cofunc.delay(2, step_rank=1), (2,)),
     "seq: delayed conv then linear (bias)": (lambda: cofunc.seq(cofunc.conv1d(2, 3, 3), cofunc.linear(3, 2)), (2,)),
     "seq: strided conv then conv": (
         lambda: cofunc.seq(cofunc.conv2d(2, 3, (3, 1), stride=(2, 1)), cofunc.conv2d(3, 2, (2, 3), padding=(0, 1))),

@@ -105,7 +105,7 @@ def test_linear_equals_nn_linear_on_the_channel_axis(lead, spatial, bias, T):
     torch.manual_seed(0)
     ref = nn.Linear(4, 3, bias=bias)
     rank = 1 + len(spatial)
-    layer = cofunc.Linear(4, 3, bias, rank=rank) if lead != (2,) else cofunc.linear(4, 3, bias)
+    layer = cofunc.Linear(4, 3, bias, step_rank=rank) if lead != (2,) else cofunc.linear(4, 3, bias)
     params = layer.params_from(ref)
     assert sorted(params) == sorted(ref.state_dict())
     xs = torch.randn(lead + (4, T) + spatial)
@@ -167,7 +167,7 @@ def test_linear_adapter():
 
 def test_linear_vmap_equals_batched():
     """With the rank known (given, or taken from a conv before it in a seq)."""
-    layer = cofunc.Linear(3, 2, rank=2)
+    layer = cofunc.Linear(3, 2, step_rank=2)
     params = layer.init_params(dtype=F64)
     assert_vmap_equals_batched(layer, params, [torch.randn(4, 3, 5, dtype=F64) for _ in range(3)])
     net = cofunc.seq(cofunc.conv1d(2, 3, 3, padding=1), cofunc.linear(3, 3))
@@ -271,7 +271,7 @@ def test_reshape_excludes_batch_and_time():
     expected = torch.stack([xs[:, :, t].reshape(2, 4, 3) for t in range(5)], dim=2)
     ys = layer.forward({}, xs)
     assert torch.equal(ys, expected)
-    run = step_through(layer, {}, xs, out_layer=cofunc.Reshape((4, 3), rank=2))
+    run = step_through(layer, {}, xs, out_layer=cofunc.Reshape((4, 3), step_rank=2))
     assert run.flags == [True] * 5 and torch.equal(run.ys, expected)
     padded, _ = layer.steps({}, (), xs, pad_end=True)
     assert torch.equal(padded, expected)
@@ -284,8 +284,8 @@ def test_reshape_excludes_batch_and_time():
 
 def test_reshape_with_rank_and_stream_dims():
     """With the rank known, any number of stream dims; vmap equals the batched step."""
-    layer = cofunc.Reshape((3, 2), rank=2)
-    out_layer = cofunc.Reshape((3, 2), rank=2)  # output rank 2 as well
+    layer = cofunc.Reshape((3, 2), step_rank=2)
+    out_layer = cofunc.Reshape((3, 2), step_rank=2)  # output rank 2 as well
     xs = torch.randn(2, 3, 2, 4, 3, dtype=F64)  # (B1, B2, C=2, T, S=3)
     assert_call_modes(layer, {}, xs, out_layer=out_layer)
     assert layer.forward({}, xs).shape == (2, 3, 3, 4, 2)
@@ -319,7 +319,7 @@ def test_reshape_adapter():
 @given(n=st.integers(0, 4), T=st.integers(1, 7), lead=st.sampled_from([(), (2,), (2, 1)]), rank=st.integers(1, 3))
 def test_skip(n, T, lead, rank):
     """``forward`` drops the first ``n`` frames; steps emit from step ``n`` on, frame by frame."""
-    layer = cofunc.skip(n, rank=rank)
+    layer = cofunc.skip(n, step_rank=rank)
     assert (layer.delay, layer.stride, layer.padding, layer.padding_end) == (n, 1, 0, 0)
     xs = torch.randn(lead + (2, T) + (3,) * (rank - 1), dtype=F64)
     axis = layer.time_axis()
@@ -331,7 +331,7 @@ def test_skip(n, T, lead, rank):
 def test_delay(n, T, lead, rank):
     """``forward`` is the identity; step ``t >= n`` outputs frame ``t - n``; ``pad_end``
     flushes the last ``n`` frames."""
-    layer = cofunc.delay(n, rank=rank)
+    layer = cofunc.delay(n, step_rank=rank)
     xs = torch.randn(lead + (2, T) + (3,) * (rank - 1), dtype=F64)
     assert torch.equal(assert_call_modes(layer, {}, xs), xs)
     run = step_through(layer, {}, xs)
@@ -340,7 +340,7 @@ def test_delay(n, T, lead, rank):
         assert torch.equal(run.outputs[t], xs.select(axis, t - n))
 
 
-@pytest.mark.parametrize("layer", [cofunc.skip(2, rank=2), cofunc.delay(2, rank=2)], ids=["skip", "delay"])
+@pytest.mark.parametrize("layer", [cofunc.skip(2, step_rank=2), cofunc.delay(2, step_rank=2)], ids=["skip", "delay"])
 def test_skip_delay_vmap(layer):
     assert_vmap_equals_batched(layer, {}, [torch.randn(3, 2, 4, dtype=F64) for _ in range(5)])
 

@@ -31,7 +31,7 @@ def _encoder():
 LAYERS = {
     "conv": (lambda: cofunc.conv1d(4, 3, 3, padding=1), (4,)),
     "max pool": (lambda: cofunc.max_pool1d(2), (4,)),
-    "delay": (lambda: cofunc.delay(2, rank=1), (4,)),
+    "delay": (lambda: cofunc.delay(2, step_rank=1), (4,)),
     "seq": (lambda: cofunc.seq(cofunc.conv1d(4, 3, 3), cofunc.linear(3, 2)), (4,)),
     "single-output attention": (lambda: cofunc.single_output_attention(4, 2, sequence_len=3), (4,)),
     "retroactive attention": (lambda: cofunc.retroactive_attention(4, 2, sequence_len=3), (4,)),

@@ -265,7 +265,7 @@ def test_seq_empty_steps_do_not_advance_downstream():
 def test_delay_semantics(n, lead, rank, T):
     """``forward`` is the identity; ``step`` emits the frame from ``n`` steps earlier (valid from
     step ``n`` on); ``steps(pad_end=True)`` from a fresh state returns the input."""
-    layer = cofunc.delay(n, rank=rank)
+    layer = cofunc.delay(n, step_rank=rank)
     assert (layer.receptive_field, layer.padding, layer.delay, layer.stride) == (n + 1, 0, n, 1)
     xs = torch.randn(lead + (2, T) + (3,) * (rank - 1), dtype=F64)
     assert torch.equal(layer.forward({}, xs), xs)
@@ -282,7 +282,7 @@ def test_delay_semantics(n, lead, rank, T):
 
 @given(n=st.integers(0, 4), data=st.data())
 def test_delay_chunking_invariance(n, data):
-    layer = cofunc.delay(n, rank=2)
+    layer = cofunc.delay(n, step_rank=2)
     T = data.draw(st.integers(0, 9), label="T")
     cuts = split_points(data.draw(st.lists(st.integers(0, T), max_size=4), label="cuts"), T)
     xs = torch.randn(2, 2, T, 3, dtype=F64)
@@ -300,6 +300,6 @@ def test_delay_errors():
     with pytest.raises(cofunc.ConfigurationError):
         cofunc.delay(-1)
     with pytest.raises(cofunc.ConfigurationError):
-        cofunc.delay(1, rank=0)
+        cofunc.delay(1, step_rank=0)
     with pytest.raises(cofunc.StateError):  # without a rank, stream dims cannot be found
         cofunc.delay(2).init_state({}, (2, 3))

@@ -48,7 +48,7 @@ def _seq_strided():
 CASES = {
     "conv3d": (lambda: cofunc.conv3d(2, 3, 3, padding=1), (2, 4, 4)),
     "conv1d_strided_replicate": (lambda: cofunc.conv1d(2, 2, 3, stride=2, padding=1, padding_mode="replicate"), (2,)),
-    "delay": (lambda: cofunc.delay(2, rank=2), (2, 3)),
+    "delay": (lambda: cofunc.delay(2, step_rank=2), (2, 3)),
     "seq_strided": (_seq_strided, (2, 5)),
 }
 

@@ -83,12 +83,12 @@ def spatial_mean() -> Lift:
     """The mean over the two spatial axes: frames ``(*B, C, H, W) -> (*B, C)``, clips
     ``(*B, C, T, H, W) -> (*B, C, T)``. Ends the models: pytorchvideo's ``output_pool``
     averages the head's 1x1 map (a no-op there); here the time axis stays."""
-    return Lift(_mean_hw, "spatial_mean", pointwise=False, rank=3, rank_out=1)
+    return Lift(_mean_hw, "spatial_mean", pointwise=False, step_rank=3, out_rank=1)
 
 
 def spatial_unsqueeze() -> Lift:
     """Frames ``(*B, C) -> (*B, C, 1, 1)``, clips ``(*B, C, T) -> (*B, C, T, 1, 1)``."""
-    return Lift(_unsqueeze_hw, "spatial_unsqueeze", pointwise=False, rank=1, rank_out=3)
+    return Lift(_unsqueeze_hw, "spatial_unsqueeze", pointwise=False, step_rank=1, out_rank=3)
 
 
 class SpatialMean(cn.LayerModule):

@@ -167,7 +167,7 @@ class LayerNorm(cn.ContinualModule, nn.LayerNorm):
         nn.LayerNorm.__init__(self, num_channels, eps)
 
     def _build_layer(self):
-        return ChannelLayerNorm(self.normalized_shape[0], self.eps, rank=1)
+        return ChannelLayerNorm(self.normalized_shape[0], self.eps, step_rank=1)
 
     def forward(self, input: Tensor) -> Tensor:
         return self.layer.forward(self.params, input)

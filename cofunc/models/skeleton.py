@@ -113,7 +113,7 @@ def _mean_joints(params, x):  # module level, not a lambda: models pickle
 def spatial_mean() -> Lift:
     """The mean over the spatial axis: frames ``(*B, C, S) -> (*B, C)``, clips
     ``(*B, C, T, S) -> (*B, C, T)``."""
-    return Lift(_mean_joints, "spatial_mean", pointwise=False, rank=2, rank_out=1)
+    return Lift(_mean_joints, "spatial_mean", pointwise=False, step_rank=2, out_rank=1)
 
 
 class SpatialMean(cn.LayerModule):
@@ -140,8 +140,8 @@ class FrameModule(cn.ContinualModule):
         # A partial, not a closure: deep copies of the module (and of its cached layer) then
         # step the copy, not the original.
         return Lift(functools.partial(_frame_apply, self), type(self).__name__, pointwise=False,
-                    rank=self._step_rank, template=self, same_rank=self._step_rank == self._out_rank,
-                    rank_out=self._out_rank)
+                    step_rank=self._step_rank, template=self, keeps_rank=self._step_rank == self._out_rank,
+                    out_rank=self._out_rank)
 
 
 

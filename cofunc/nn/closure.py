@@ -109,7 +109,7 @@ class Lambda(LayerModule):
         if isinstance(f, partial):
             name = getattr(f.func, "__name__", name)
         return Lift(_functor_apply(f), name, pointwise=self._pointwise, frame_loop=not self.takes_time,
-                    same_rank=self._keeps_rank)
+                    keeps_rank=self._keeps_rank)
 
     def _build_layer(self):
         return self._lift(self.fn if self.fn is not None else self.forward_step_only_fn)

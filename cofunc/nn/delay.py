@@ -16,7 +16,7 @@ class Delay(ContinualModule):
     receptive field ``2 * delay + 1`` without padding would drop: ``True`` / ``"centered"``
     keeps clip frames ``delay .. T - 1 - delay``, ``"lagging"`` frames ``0 .. T - 1 - delay``;
     the steps emit the same frames. ``temporal_fill`` is accepted for co compatibility; no
-    emitted output ever contains the fill, so it changes nothing. ``rank`` (non-batch rank of a
+    emitted output ever contains the fill, so it changes nothing. ``step_rank`` (non-batch rank of a
     step) is inferred from the input.
 
     Example:
@@ -29,18 +29,18 @@ class Delay(ContinualModule):
     """
 
     def __init__(self, delay: int, temporal_fill: str = "zeros", auto_shrink: Union[bool, str] = False,
-                 rank: Optional[int] = None):
+                 step_rank: Optional[int] = None):
         super().__init__()
         if temporal_fill not in ("zeros", "replicate"):
             raise ConfigurationError(f"Delay({delay}): temporal_fill must be 'zeros' or 'replicate', got {temporal_fill!r}")
         if auto_shrink not in (False, True, "centered", "lagging"):
             raise ConfigurationError(f"Delay({delay}): auto_shrink must be False, True, 'centered' or 'lagging', got {auto_shrink!r}")
         if auto_shrink in (True, "centered"):
-            layer = DelayLayer(delay, rank, window=2 * delay + 1, end=0)
+            layer = DelayLayer(delay, step_rank, window=2 * delay + 1, end=0)
         elif auto_shrink == "lagging":
-            layer = DelayLayer(delay, rank, window=delay + 1, end=0)
+            layer = DelayLayer(delay, step_rank, window=delay + 1, end=0)
         else:
-            layer = DelayLayer(delay, rank)
+            layer = DelayLayer(delay, step_rank)
         self.__dict__["_co_source"] = layer
         self.temporal_fill = temporal_fill
         self.auto_shrink = auto_shrink
@@ -48,7 +48,7 @@ class Delay(ContinualModule):
     @classmethod
     def _from_layer(cls, layer: DelayLayer) -> "Delay":
         """The module of a frame-selecting core layer (a residual's aligned branch)."""
-        module = cls(layer.n, rank=layer.rank)
+        module = cls(layer.n, step_rank=layer.step_rank)
         module.__dict__["_co_source"] = layer
         module.__dict__.pop("_co_layer", None)
         if layer.end != layer.n:
