@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ._delay import Delay
 from ._errors import ConfigurationError, InputShapeError, StateError
-from ._layer import EMPTY_PARAMS, Layer, Stateless, StatelessAnyRank, read_shared_clock
+from ._layer import EMPTY_PARAMS, Layer, Stateless, StatelessAnyRank, Wrapper, read_shared_clock
 from ._seq import Seq
 
 
@@ -373,10 +373,12 @@ class Reduce(StatelessAnyRank):
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class BroadcastReduce(Layer):
+class BroadcastReduce(Wrapper):
     """``x -> reduce(f_0(x), ..., f_n(x))``: broadcast, parallel branches, reduce.
 
-    Params are keyed by branch name, as the branches of co's ``BroadcastReduce``.
+    A `Wrapper` of the `Parallel` branches (metadata, params and state are theirs) that copies
+    the input to every branch and reduces their outputs. Params are keyed by branch name, as
+    the branches of co's ``BroadcastReduce``.
     """
 
     inner: Parallel
@@ -386,15 +388,6 @@ class BroadcastReduce(Layer):
     def label(self):
         return f"broadcast_reduce({', '.join(layer.label for _, layer in self.inner.branches)}; {self.reducer.label})"
 
-    receptive_field = property(lambda self: self.inner.receptive_field)
-    padding = property(lambda self: self.inner.padding)
-    padding_end = property(lambda self: self.inner.padding_end)
-    delay = property(lambda self: self.inner.delay)
-    stride = property(lambda self: self.inner.stride)
-    step_rank = property(lambda self: self.inner.step_rank)
-    keeps_rank = property(lambda self: self.inner.keeps_rank)
-    stateful = property(lambda self: self.inner.stateful)
-
     @property
     def out_rank(self):
         return self.inner.out_rank if self.reducer.how in ("sum", "mul", "max", "concat") else None
@@ -402,9 +395,6 @@ class BroadcastReduce(Layer):
     def with_rank(self, rank):
         inner = self.inner.with_rank(rank)
         return dataclasses.replace(self, inner=inner, reducer=self.reducer.with_rank(rank))
-
-    def init_params(self, *, device=None, dtype=None):
-        return self.inner.init_params(device=device, dtype=dtype)
 
     def _n(self):
         return len(self.inner.branches)
@@ -414,12 +404,6 @@ class BroadcastReduce(Layer):
 
     def step_output_shape(self, input_shape):
         return self.reducer.step_output_shape(self.inner.step_output_shape([tuple(input_shape)] * self._n()))
-
-    def clock(self, state):
-        return self.inner.clock(state)
-
-    def valid(self, state):
-        return self.inner.valid(state)
 
     def step_unmasked(self, params, state, x):
         ys, state = self.inner.step_unmasked(params, state, (x,) * self._n())
