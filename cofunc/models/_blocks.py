@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 import cofunc.nn as cn
 from cofunc import ConfigurationError, Delay, InputShapeError, Layer, Lift, Remap, avg_pool1d, broadcast_reduce, residual_alignment, seq
+from ._preprocessing import video_preprocessing
 
 TEMPORAL_PADDINGS = ("keep", "remove")
 SE_SCOPES = ("clip", "frame", "clip_forward_frame_steps")
@@ -362,8 +363,6 @@ class VideoNet(cn.Sequential):
     def preprocessing(self):
         """The published model's frame preprocessing (a `VideoPreprocessing`: frame rate,
         resize, crop, normalisation), scaled to this model's ``crop_size``."""
-        from ._preprocessing import video_preprocessing
-
         return video_preprocessing(self.config)
 
 

@@ -14,6 +14,7 @@ from typing import Callable, Dict, Optional, Type
 from torch import nn
 
 from .._errors import UnsupportedModuleError
+from ._lifted import lift_nn_module
 from .closure import Lambda
 from .module import ContinualModule
 
@@ -127,6 +128,4 @@ def forward_stepping(module: nn.Module, dim: int = 2):
         return module
     if dim != 2:
         raise UnsupportedModuleError(f"forward_stepping: cofunc's time axis is 2 (co's default), got dim={dim}")
-    from ._lifted import lift_nn_module
-
     return lift_nn_module(module)

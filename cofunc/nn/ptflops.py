@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 
+from ._converters import LIFTED_CLASSES
 from ._lifted import lifted_class
 from .conv import Conv1d, Conv2d, Conv3d
 from .linear import Linear
@@ -60,8 +61,6 @@ def _register_ptflops() -> bool:
         table[SingleOutputMultiheadAttention] = _attention_hook
         table[RetroactiveMultiheadAttention] = _attention_hook
         # Converted torch modules are instances of subclasses made by `continual`.
-        from ._converters import LIFTED_CLASSES
-
         for torch_class in LIFTED_CLASSES:
             if torch_class in table:
                 table.setdefault(lifted_class(torch_class), table[torch_class])

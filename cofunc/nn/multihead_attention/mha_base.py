@@ -25,10 +25,12 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor, nn
 
 
 from ..._errors import ConfigurationError
+from ..._profile import count_macs
 from ..module import ContinualModule
 
 
@@ -128,10 +130,6 @@ class _ContinualMultiheadAttention(ContinualModule, nn.MultiheadAttention):
         one exponential per attention weight (``num_heads * sequence_len`` per query)."""
         if not include_muls:
             raise ConfigurationError(f"{type(self).__name__}.flops: the count is built on the multiplications (include_muls=True)")
-        import torch
-
-        from ..._profile import count_macs
-
         layer, params = self.layer, self.params
         reference = self.out_proj.weight
         e_k = self.kdim if self.kdim is not None else self.embed_dim
