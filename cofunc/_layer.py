@@ -337,12 +337,13 @@ class Layer(abc.ABC):
 
         This default steps frame by frame; a leaf overrides it when a chunk is cheaper at once.
         """
+        step_shape = list(xs.shape)
+        del step_shape[self.time_axis()]
         frames = list(xs.unbind(self.time_axis()))
         n_real = len(frames)
         if pad_end and self.padding_end:
-            zero = torch.zeros_like(frames[0]) if frames else None
-            if zero is not None:
-                frames += [zero] * self.padding_end
+            # Also after an empty chunk: the frames seen before still owe their end outputs.
+            frames += [xs.new_zeros(step_shape)] * self.padding_end
         outputs, final_state = [], state
         for i, x in enumerate(frames):
             y, state = self.step_unmasked(params, state, x)
@@ -352,8 +353,6 @@ class Layer(abc.ABC):
                 outputs.append(y)
         if outputs:
             return map_values(lambda *ys: torch.stack(ys, self.out_time_axis()), *outputs), final_state
-        step_shape = list(xs.shape)
-        del step_shape[self.time_axis()]
         out_shape = self.step_output_shape(step_shape)
         shapes = out_shape if isinstance(out_shape, list) else [out_shape]
         empty = tuple(empty_clip(xs, shape, self.out_time_axis()) for shape in shapes)

@@ -90,3 +90,13 @@ def test_default_chunk_path_equals_steps_and_clip(every, pad, chunks):
     full, after = layer.steps({}, layer.init_state({}, (2, 3)), xs, pad_end=True)
     assert torch.allclose(full, layer.forward({}, xs))
     assert torch.equal(after[1], torch.full((2,), xs.shape[-1]))  # the state before the padding
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_default_chunk_path_flushes_after_an_empty_chunk(pad):
+    layer = PairSum(1, pad)
+    xs = torch.randn(2, 3, 5)
+    ys, state = layer.steps({}, layer.init_state({}, (2, 3)), xs)
+    flushed, after = layer.steps({}, state, xs[..., :0], pad_end=True)
+    assert torch.allclose(torch.cat([ys, flushed], -1), layer.forward({}, xs))
+    assert torch.equal(after[1], state[1])
