@@ -50,5 +50,9 @@ def layer_label(layer) -> str:
     return getattr(layer, "label", None) or type(layer).__name__
 
 
+class VideoError(CofuncError, ValueError):
+    """A video file cannot be decoded (not a video, corrupt, or without a video stream)."""
+
+
 class ParamsError(CofuncError, ValueError):
     """Params lack a tensor the layer reads, or hold one of another shape (another layer's params)."""

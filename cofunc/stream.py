@@ -125,7 +125,10 @@ def main(argv=None) -> int:
     num_classes = net.config["num_classes"]
     labels = _labels(args.labels, num_classes)
     runner = cofunc.StreamRunner(net, compile=args.compile)
-    sources = {v: VideoFrames(v, pre) for v in args.videos}
+    try:
+        sources = {v: VideoFrames(v, pre) for v in args.videos}
+    except (cofunc.CofuncError, FileNotFoundError) as error:
+        parser.error(str(error))
     print(f"{args.model}: {len(sources)} stream(s), frames {pre.frame_shape} at {pre.frame_rate:g} fps, "
           f"{net.delay} frames of warm-up", file=sys.stderr)
     feed = VideoFeed(runner, sources)

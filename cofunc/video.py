@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, VideoError
 from ._runner import StreamOutput, StreamRunner
 from .models._preprocessing import VideoPreprocessing
 
@@ -77,7 +77,14 @@ class VideoFrames:
         self.frame_rate = frame_rate if frame_rate is not None else getattr(preprocessing, "frame_rate", None)
         self.dtype = dtype
         self.decode_seconds = 0.0
-        with _av().open(self.path) as container:
+        av = _av()
+        try:
+            container = av.open(self.path)
+        except av.error.FFmpegError as error:
+            raise VideoError(f"VideoFrames: FFmpeg cannot read {self.path!r} as a video: {error}") from error
+        with container:
+            if not container.streams.video:
+                raise VideoError(f"VideoFrames: {self.path!r} has no video stream")
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             self.source_fps = float(rate) if rate else float("nan")

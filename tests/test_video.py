@@ -80,6 +80,16 @@ def test_frames_are_decoded_lazily_and_sampled_by_time(videos):
         VideoFrames(videos["fast"].parent / "missing.mp4")
 
 
+def test_a_file_that_is_not_a_video_raises_video_error(tmp_path, capsys):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    with pytest.raises(cofunc.VideoError, match="notes.mp4"):
+        VideoFrames(bad)
+    with pytest.raises(SystemExit):  # the command line says so in one line, no traceback
+        cli.main(["--no-progress", str(bad)])
+    assert "cannot read" in capsys.readouterr().err
+
+
 def test_files_as_concurrent_streams_equal_each_files_clip_forward(videos):
     net = tiny_x3d()
     pre = net.preprocessing
