@@ -110,8 +110,9 @@ class WindowLayer(Layer):
         if not self.stateful:
             return self.window_op(params, frame, 1).squeeze(axis), state
         buffer, count = state
-        if self.fill == "replicate" and buffer.shape[axis] > 0 and not all_streams_emitting():
-            # (Past the warm-up every stream has a first frame: nothing to replicate.)
+        if self.fill == "replicate" and buffer.shape[axis] > 0 and not (all_streams_emitting() and self.delay > 0):
+            # When every stream emits, a layer with a delay has had its first frame; one
+            # without (all its padding at the start) may be getting it now, behind a delay.
             first = expand_mask(count == 0, buffer)
             buffer = torch.where(first, frame.expand_as(buffer), buffer)
         window, next_buffer = push_frames(buffer, frame, axis, self.window_memory_format)

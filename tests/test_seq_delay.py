@@ -303,3 +303,14 @@ def test_delay_errors():
         cofunc.delay(1, step_rank=0)
     with pytest.raises(cofunc.StateError):  # without a rank, stream dims cannot be found
         cofunc.delay(2).init_state({}, (2, 3))
+
+
+def test_replicate_conv_behind_delay_replicates_its_first_real_frame():
+    """A conv whose padding is all at the start (delay 0) behind a delay gets its first real
+    frame at the very step the stack starts emitting: it must still replicate that frame, even
+    though every stream is past the stack's warm-up (a regression: the warm-up hint skipped it)."""
+    net = cofunc.seq(cofunc.delay(1), cofunc.conv1d(1, 1, 2, padding=1, padding_mode="replicate"))
+    params = net.init_params(dtype=F64)
+    xs = torch.randn(1, 4, dtype=F64)
+    run = step_through(net, params, xs)
+    torch.testing.assert_close(run.ys, net.forward(params, xs)[:, :3])
