@@ -86,10 +86,18 @@ def state_dict_of(layer: Layer, state, step_shape: Optional[Sequence[int]] = Non
         "step_shape": [int(s) if not isinstance(s, (list, tuple)) else list(s) for s in step_shape],
         "structure": str(spec),
         "names": state_names(layer, state),
-        "leaves": leaves,
+        "leaves": [_own_frames(t) for t in leaves],
     }
     _check(layer, None, data, "the state to save")  # what is saved loads: fail now, not at load
     return data
+
+
+def _own_frames(t):
+    """``t`` with a storage of its own size: torch.save writes a view's whole storage, and an
+    eagerly stepped buffer is a view of its last window (`push_frames`)."""
+    if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        return t.clone()
+    return t
 
 
 def save_state(f, layer: Layer, state=None, step_shape: Optional[Sequence[int]] = None) -> None:

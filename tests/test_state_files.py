@@ -61,6 +61,19 @@ def test_the_step_shape_is_read_from_the_state():
     assert torch.equal(layer.step(params, loaded, x)[0], layer.step(params, state, x)[0])
 
 
+def test_saved_leaves_hold_only_their_own_frames():
+    """An eagerly stepped buffer is a view of its last window: the file holds the buffer's frames
+    only (torch.save would write the view's whole storage)."""
+    layer, params = _conv_net()
+    state = _run(layer, params, (2, 3, 8))
+    window_view = _leaves(state)[0]
+    assert window_view.untyped_storage().nbytes() > window_view.numel() * window_view.element_size()
+    loaded, _ = _round_trip(layer, params, state)
+    for leaf, saved in zip(_leaves(loaded), _leaves(state)):
+        assert leaf.untyped_storage().nbytes() == leaf.numel() * leaf.element_size()
+        assert torch.equal(leaf, saved)
+
+
 def test_a_state_that_does_not_show_its_step_shape_needs_it():
     layer, params = _spatial_stem_net()
     state = _run(layer, params, (2, 3, 9))

@@ -387,7 +387,8 @@ def _without_history(state):
     graphs of all earlier steps alive (memory growing with the stream). Outputs keep their graph,
     so gradients flow within a call; they do not flow into earlier calls (as truncated BPTT).
     """
-    return tree_map(lambda t: t.detach(), state)
+    # Leaves without history (every leaf under no_grad) are kept: no new tensor per leaf per step.
+    return tree_map(lambda t: t.detach() if t.requires_grad else t, state)
 
 
 def _check_tensor(module: nn.Module, x, method: str) -> None:
