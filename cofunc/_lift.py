@@ -31,6 +31,9 @@ class Lift(Stateless):
     non-batch rank of a step input (None: taken from the neighbours in a `seq`); ``keeps_rank``
     says the output has the input's rank whatever it is (always so when ``pointwise``), and
     ``out_rank`` gives the output's rank when ``apply`` changes it (a spatial mean).
+    ``channelwise=True`` says ``apply`` takes ``(N, C, *any)`` alike (batch norm: a frame and
+    the same frame with a time axis of length 1 hold the same elements per channel): a frame
+    with one batch dim is passed as it is.
     """
 
     apply: Callable
@@ -41,6 +44,7 @@ class Lift(Stateless):
     keeps_rank: bool = False
     frame_loop: bool = False
     out_rank: Optional[int] = None
+    channelwise: bool = False
 
     def __post_init__(self):
         if self.pointwise:
@@ -74,6 +78,8 @@ class Lift(Stateless):
     def step_unmasked(self, params, state, x):
         self.check_step_input(x)
         if self.pointwise:
+            return self.apply(params, x), state
+        if self.channelwise and self.step_rank is not None and x.dim() == self.step_rank + 1:
             return self.apply(params, x), state
 
         def on_frame(frame):  # (N, C, *S): give it a time axis of length 1, as in a clip
@@ -169,12 +175,13 @@ def _batch_norm_apply(eps: float, affine: bool, mode_of: Optional[nn.Module] = N
     """The inference batch norm; with ``mode_of`` (the nn adapters' own module), torch's
     training-mode computation while that module is in training mode, as co steps it."""
     def apply(params, x):
-        training = mode_of is not None and mode_of.training
-        momentum = (mode_of.momentum if mode_of.momentum is not None else 0.1) if training else 0.0
-        return F.batch_norm(
-            x, params["running_mean"], params["running_var"], params.get("weight") if affine else None,
-            params.get("bias") if affine else None, training, momentum, eps,
-        )
+        weight, bias = (params.get("weight"), params.get("bias")) if affine else (None, None)
+        if mode_of is None or not mode_of.training:
+            # The op F.batch_norm calls in eval mode, without its Python checks (a hot path).
+            return torch.batch_norm(x, weight, bias, params["running_mean"], params["running_var"], False, 0.0, eps,
+                                    torch.backends.cudnn.enabled)
+        momentum = mode_of.momentum if mode_of.momentum is not None else 0.1
+        return F.batch_norm(x, params["running_mean"], params["running_var"], weight, bias, True, momentum, eps)
 
     return apply
 
@@ -213,7 +220,8 @@ def lift_module(module: nn.Module, *, step_rank: Optional[int] = None, follow_tr
         in_rank = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}
         norm_rank = step_rank if step_rank is not None else next(r for cls, r in in_rank.items() if isinstance(module, cls))
         # With running statistics an instance norm at inference is a batch norm.
-        return Lift(_batch_norm_apply(module.eps, module.affine), name, False, norm_rank, module, keeps_rank=True)
+        return Lift(_batch_norm_apply(module.eps, module.affine), name, False, norm_rank, module, keeps_rank=True,
+                    channelwise=True)
     if isinstance(module, tuple(_BATCH_NORMS)):
         if not module.track_running_stats or module.running_mean is None:
             raise ConfigurationError(
@@ -221,8 +229,10 @@ def lift_module(module: nn.Module, *, step_rank: Optional[int] = None, follow_tr
                 f"cannot equal the clip; use track_running_stats=True"
             )
         bn_rank = step_rank if step_rank is not None else next(r for cls, r in _BATCH_NORMS.items() if isinstance(module, cls))
+        # A frame (N, C, *S) without its time axis of length 1: the same elements per channel,
+        # so the same statistics in training mode too.
         return Lift(_batch_norm_apply(module.eps, module.affine, module if follow_training else None), name, False,
-                    bn_rank, module, keeps_rank=True)
+                    bn_rank, module, keeps_rank=True, channelwise=True)
     if isinstance(module, _DROPOUTS):
         return Lift(lambda params, x: x, name, True, step_rank, None)
     if isinstance(module, nn.LayerNorm):
