@@ -19,6 +19,7 @@ class _Hints(threading.local):
         # Set in every thread from the start: a guard on an attribute that appears later
         # would make dynamo recompile every compiled step once.
         self.all_emit = False
+        self.inputs_fit = False
 
 
 _HINTS = _Hints()
@@ -40,6 +41,25 @@ def assume_all_streams_emitting():
         yield
     finally:
         _HINTS.all_emit = before
+
+
+def inputs_fit() -> bool:
+    """True inside a step whose state is the one the same layer's previous step returned, for an
+    input of the same shape, dtype and device: every sublayer's state and input then fit as
+    they did, and the sublayers skip their checks (`Layer.step`)."""
+    return _HINTS.inputs_fit
+
+
+@contextlib.contextmanager
+def inputs_fit_as(value: bool):
+    """Run the steps inside with the `inputs_fit` hint set to ``value`` (a nested `step` sets it
+    for its own state, so a hint never reaches a state it was not established for)."""
+    before = _HINTS.inputs_fit
+    _HINTS.inputs_fit = value
+    try:
+        yield
+    finally:
+        _HINTS.inputs_fit = before
 
 
 def emitted(n_inputs: int, delay: int, stride: int) -> int:

@@ -123,6 +123,7 @@ class Conv(WindowLayer):
                 f"{label}: padding_mode={self.padding_mode!r} pads time with future frames, which a "
                 f"stream does not have; use temporal padding 0 (spatial padding may keep this mode)"
             )
+        self._set_step_plan()
 
     # --- metadata -----------------------------------------------------------------------------
     @property
@@ -210,8 +211,8 @@ class Conv(WindowLayer):
         def run(x):
             if x.shape[2] == self.receptive_field and not self._depthwise_in_space:
                 return self._one_frame(x, weight, bias).unsqueeze(2)
-            if self.padding_mode == "zeros" and all(lo == hi for lo, hi in spatial):
-                return conv(x, weight, bias, stride, (0,) + tuple(lo for lo, _ in spatial), self.dilation, self.groups)
+            if self._pads_in_conv:
+                return conv(x, weight, bias, stride, self._conv_padding, self.dilation, self.groups)
             if any(lo or hi for lo, hi in spatial):
                 pads = tuple(p for pair in reversed(spatial) for p in pair) + (0, 0)
                 mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
@@ -220,28 +221,43 @@ class Conv(WindowLayer):
 
         return with_one_batch_dim(run, window, self.dims + 1)
 
+    def frame_op(self, params, x: Tensor) -> Tensor:
+        # A pointwise step is a matrix product over the frame itself: no time axis to add and
+        # remove (the most frequent step of X3D-like networks).
+        if self._pointwise and x.dim() == self.dims + 1:
+            return self._matmul(x, params["weight"], params.get("bias"))
+        return super().frame_op(params, x)
+
     @property
     def window_memory_format(self):
         """Channels-last for depthwise 3-d convolutions with a spatial kernel (X3D's 3x3x3):
         oneDNN runs them 2-4x faster on a channels-last window than on a contiguous one, with
         the same result bit for bit (measured for issue 15: ``[1, 54, 3, 80, 80]`` 4.7 -> 1.2
         ms, ``[1, 216, 3, 10, 10]`` 0.26 -> 0.14 ms, one thread)."""
-        if self.dims == 3 and self._depthwise_in_space:
-            return torch.channels_last_3d
-        return None
+        return self._window_format
 
-    @property
-    def _depthwise_in_space(self) -> bool:
-        """A depthwise convolution with a spatial kernel (X3D's 3x3x3 convs): folding its time
-        taps into the channels would make a grouped convolution with ``kt`` channels per group,
-        which torch runs several times slower than the depthwise N-d convolution of the window."""
-        return self.dims > 1 and self.groups > 1 and self.in_channels == self.groups and math.prod(self.kernel_size[1:]) > 1
+    def __setstate__(self, state):
+        # Pickles made before the plan existed load too.
+        self.__dict__.update(state)
+        self._set_step_plan()
 
-    @property
-    def _pointwise(self) -> bool:
-        """A 1x1(x1) convolution without groups or padding: a matrix product per frame."""
-        return (self.receptive_field == 1 and self.groups == 1 and math.prod(self.kernel_size) == 1
-                and all(lo == 0 and hi == 0 for lo, hi in self._pads[1:]))
+    def _set_step_plan(self) -> None:
+        """What every step asks of the configuration, worked out once (read on the hot path)."""
+        set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 (frozen dataclass)
+        # A depthwise convolution with a spatial kernel (X3D's 3x3x3 convs): folding its time
+        # taps into the channels would make a grouped convolution with ``kt`` channels per
+        # group, which torch runs several times slower than the depthwise N-d convolution.
+        depthwise = (self.dims > 1 and self.groups > 1 and self.in_channels == self.groups
+                     and math.prod(self.kernel_size[1:]) > 1)
+        set_("_depthwise_in_space", depthwise)
+        # A 1x1(x1) convolution without groups or padding: a matrix product per frame.
+        set_("_pointwise", self.receptive_field == 1 and self.groups == 1 and math.prod(self.kernel_size) == 1
+             and all(lo == 0 and hi == 0 for lo, hi in self._pads[1:]))
+        set_("_window_format", torch.channels_last_3d if self.dims == 3 and depthwise else None)
+        spatial = self._pads[1:]
+        # The window's convolution pads space itself when it can (zeros, symmetric).
+        set_("_pads_in_conv", self.padding_mode == "zeros" and all(lo == hi for lo, hi in spatial))
+        set_("_conv_padding", (0,) + tuple(lo for lo, _ in spatial))
 
     def _matmul(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """A pointwise convolution of frames ``x: (N, C, *S)`` as one matrix product over

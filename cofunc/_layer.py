@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ._clock import all_streams_emitting, assume_all_streams_emitting, emits_after, emitted
+from ._clock import all_streams_emitting, assume_all_streams_emitting, emits_after, emitted, inputs_fit_as
 from ._params import Params, _first_mismatch, module_params, params_shapes_of
 from ._values import Shape, empty_clip, map_values, values_are_concrete, zero_invalid
 
@@ -123,6 +123,7 @@ class Layer(abc.ABC):
         # copy, and it holds tensors (deepcopy refuses non-leaf ones).
         state = dict(self.__dict__)
         state.pop("_checked_params", None)
+        state.pop("_last_step", None)
         return state
 
     def __init_subclass__(cls, **kwargs):
@@ -276,6 +277,15 @@ class Layer(abc.ABC):
         `valid`) is zeros, whether the step runs eagerly, vmapped, compiled or exported.
         """
         self.check_call(params, state)
+        if not values_are_concrete(x):  # compile, export, vmap: no hint, nothing kept
+            return self._masked_step(params, state, x)
+        with inputs_fit_as(self._fits_last_step(params, state, x)):
+            y, new_state = self._masked_step(params, state, x)
+        self._remember_step(params, new_state, x)
+        return y, new_state
+
+    def _masked_step(self, params: Params, state: State, x: Tensor) -> Tuple[Tensor, State]:
+        """`step` after its checks: `step_unmasked`, then zeros for the streams that did not emit."""
         if self.delay == 0 and self.stride == 1:  # emits on every step: nothing to mask
             return self.step_unmasked(params, state, x)
         if self.all_streams_warm(state):
@@ -285,6 +295,19 @@ class Layer(abc.ABC):
                 return self.step_unmasked(params, state, x)
         y, new_state = self.step_unmasked(params, state, x)
         return zero_invalid(y, self.valid(new_state)), new_state
+
+    # The params, the state the last eager `step` returned and its input's signature: stepping
+    # on from that very state, with the same params and a like input, needs no checks below this
+    # layer (as `check_params` remembers the params that passed). Held strongly, as the caller
+    # holds them; dropped by copies.
+    def _fits_last_step(self, params: Params, state: State, x) -> bool:
+        last = self.__dict__.get("_last_step")
+        return (last is not None and last[0] is state and last[1] is params and isinstance(x, Tensor)
+                and last[2] == (x.shape, x.dtype, x.device))
+
+    def _remember_step(self, params: Params, new_state: State, x) -> None:
+        if isinstance(x, Tensor):
+            self.__dict__["_last_step"] = (new_state, params, (x.shape, x.dtype, x.device))
 
     def all_streams_warm(self, state: State) -> bool:
         """Whether the next step from ``state`` emits in every stream, and so does every

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._clock import inputs_fit
 from ._errors import ConfigurationError
 from ._layer import EMPTY_PARAMS, Stateless, with_one_batch_dim
 from ._params import flatten_params, module_params, params_shapes_of
@@ -76,7 +77,8 @@ class Lift(Stateless):
         return {} if self.template is None else params_shapes_of(_nest(module_params(self.template)))
 
     def step_unmasked(self, params, state, x):
-        self.check_step_input(x)
+        if not inputs_fit():
+            self.check_step_input(x)
         if self.pointwise:
             return self.apply(params, x), state
         if self.channelwise and self.step_rank is not None and x.dim() == self.step_rank + 1:

@@ -8,7 +8,7 @@ from typing import Mapping, Tuple, Union
 import torch
 
 from ._errors import ConfigurationError, StateError
-from ._clock import all_streams_emitting, assume_all_streams_emitting, emits_after, emitted
+from ._clock import all_streams_emitting, assume_all_streams_emitting, emits_after, emitted, inputs_fit
 from ._layer import EMPTY_PARAMS, Layer
 from ._values import expand_mask, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
 
@@ -180,10 +180,9 @@ class Seq(Layer):
             got = f"a {type(state).__name__} of length {len(state)}" if isinstance(state, (tuple, list)) else type(state).__name__
             raise StateError(f"{self.label}: expected a tuple of {len(self.children)} child states, got {got}")
 
-    def step(self, params, state, x):
+    def _masked_step(self, params, state, x):
         # The mask of emitting streams is tracked through the children anyway: zero the
         # non-emitting outputs with it rather than from `valid` (no extra work when all emit).
-        self.check_call(params, state)
         self._check_state(state)
         if self.delay and self.all_streams_warm(state):
             if all_streams_emitting():  # assumed by the caller (a compiled all-warm graph)
@@ -196,7 +195,8 @@ class Seq(Layer):
         return self._run(params, state, x, zero_invalid=False)
 
     def _run(self, params, state, x, zero_invalid: bool):
-        self._check_state(state)
+        if not inputs_fit():
+            self._check_state(state)
         mask = None  # None: every stream has a real input for the current child
         # Every stream past the warm-up (set by the outermost step): no masks, no host reads.
         check = not all_streams_emitting()

@@ -15,7 +15,7 @@ from typing import List, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ._clock import all_streams_emitting, emits_after, first_emitting_step
+from ._clock import all_streams_emitting, emits_after, first_emitting_step, inputs_fit
 from ._layer import Layer, check_dtype_device
 from ._values import empty_clip, expand_mask, push_frames, values_are_concrete
 
@@ -52,6 +52,12 @@ class WindowLayer(Layer):
 
     def window_op(self, params, window: Tensor, time_stride: int) -> Tensor:
         raise NotImplementedError
+
+    def frame_op(self, params, x: Tensor) -> Tensor:
+        """The step of a layer without state (one-frame window, temporal stride 1) on the frame
+        ``x: (*B, C, *S)``; subclasses may skip the time axis of length 1."""
+        axis = -self.step_rank
+        return self.window_op(params, x.unsqueeze(axis), 1).squeeze(axis)
 
     @property
     def window_memory_format(self) -> Optional[torch.memory_format]:
@@ -90,6 +96,8 @@ class WindowLayer(Layer):
         return state.count if self.stateful else None
 
     def _check(self, params, state, x, clip: bool):
+        if not clip and inputs_fit():
+            return
         what = "clip" if clip else "step input"
         if clip:
             self.check_clip_input(x, self.expected_channels)
@@ -105,10 +113,10 @@ class WindowLayer(Layer):
     def step_unmasked(self, params, state, x):
         """One frame ``x: (*B, C, *S)`` to one output frame ``(*B, C', *S')``."""
         self._check(params, state, x, clip=False)
+        if not self.stateful:
+            return self.frame_op(params, x), state
         axis = -self.step_rank
         frame = x.unsqueeze(axis)
-        if not self.stateful:
-            return self.window_op(params, frame, 1).squeeze(axis), state
         buffer, count = state
         if self.fill == "replicate" and buffer.shape[axis] > 0 and not (all_streams_emitting() and self.delay > 0):
             # When every stream emits, a layer with a delay has had its first frame; one

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from .._errors import InputShapeError, StateError, StreamsOutOfStepError
 from .._layer import Layer, Wrapper
 from .._params import module_params
-from .._values import first_tensor, shape_of, tree_map
+from .._values import first_tensor, shape_of, tree_leaves, tree_map
 from ._call_mode import _stack, call_mode, current_call_mode, normalise_call_mode
 from . import utils as _utils
 
@@ -387,7 +387,10 @@ def _without_history(state):
     graphs of all earlier steps alive (memory growing with the stream). Outputs keep their graph,
     so gradients flow within a call; they do not flow into earlier calls (as truncated BPTT).
     """
-    # Leaves without history (every leaf under no_grad) are kept: no new tensor per leaf per step.
+    # A state without history (every state under no_grad) is stored as it is: the layer then
+    # recognises it as its own last output at the next step (`Layer.step` skips the checks).
+    if not any(t.requires_grad for t in tree_leaves(state)):
+        return state
     return tree_map(lambda t: t.detach() if t.requires_grad else t, state)
 
 
