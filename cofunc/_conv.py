@@ -258,6 +258,9 @@ class Conv(WindowLayer):
         # The window's convolution pads space itself when it can (zeros, symmetric).
         set_("_pads_in_conv", self.padding_mode == "zeros" and all(lo == hi for lo, hi in spatial))
         set_("_conv_padding", (0,) + tuple(lo for lo, _ in spatial))
+        strided = any(st > 1 for st in self.conv_stride[1:])
+        set_("_spatial_subsample", (slice(None), slice(None)) + tuple(slice(None, None, st) for st in self.conv_stride[1:])
+             if strided else None)
 
     def _matmul(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """A pointwise convolution of frames ``x: (N, C, *S)`` as one matrix product over
@@ -267,14 +270,15 @@ class Conv(WindowLayer):
         The same multiply-adds as the convolution; torch would route a 1x1 convolution at batch
         1 to its slow 2-d kernel (``_slow_conv2d_forward``, copying channels-last inputs first).
         """
-        if any(s > 1 for s in self.conv_stride[1:]):
-            x = x[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in self.conv_stride[1:])]
-        n, spatial = x.shape[0], tuple(x.shape[2:])
+        if self._spatial_subsample is not None:
+            x = x[self._spatial_subsample]
         w = weight.reshape(self.out_channels, self.in_channels)
         last = x.movedim(1, -1)  # (N, *S, C)
         if last.is_contiguous():
-            rows = last.reshape(-1, self.in_channels)
-        elif n == 1 and x.is_contiguous():
+            # torch.nn.functional.linear: the same addmm over (N * prod(S), C) rows, in one call.
+            return F.linear(last, w, bias).movedim(-1, 1)
+        n, spatial = x.shape[0], tuple(x.shape[2:])
+        if n == 1 and x.is_contiguous():
             # (C, S) transposed: BLAS reads it as is, and the output comes out channels-last,
             # so the depthwise windows after it store frames without re-laying them out.
             rows = x.reshape(self.in_channels, -1).t()
