@@ -143,7 +143,7 @@ def main(argv=None) -> int:
                        title=f"Where a CoX3D-{args.size} step's time goes")
     bar_plot(os.path.join(args.out_dir, "step_overhead.png"),
              [Panel("steps", [names["full"], names["small"]], [full, small_t])],
-             title=f"CoX3D-{args.size} step: full frames vs {SMALL}x{SMALL} (median, p25-p75)",
+             title=f"CoX3D-{args.size} step\n(median, p25-p75)",
              ylabel="time per call (ms)" if args.clock == "wall" else "process CPU time per call (ms)")
     print(text)
     print(f"wrote step_overhead.md and step_overhead.png to {args.out_dir}")
