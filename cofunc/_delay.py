@@ -106,12 +106,12 @@ class Delay(Layer):
 
     def step_unmasked(self, params, state, x):
         """``x: (*B, C, *S)`` in, the frame of ``n`` steps ago out (zeros while warming up)."""
-        if not self.stateful:
-            self.check_step_input(x)
-            return x, state
         if not inputs_fit():
             self.check_step_input(x)
-            self._check(state, x, "step input")
+            if self.stateful:
+                self._check(state, x, "step input")
+        if not self.stateful:
+            return x, state
         buffer, count = state
         if self.n == 0:
             return x, DelayState(buffer, count + 1)

@@ -183,7 +183,7 @@ class Seq(Layer):
     def _masked_step(self, params, state, x):
         # The mask of emitting streams is tracked through the children anyway: zero the
         # non-emitting outputs with it rather than from `valid` (no extra work when all emit).
-        self._check_state(state)
+        # (`_run` checks the state; `all_streams_warm` reads a malformed one as not warm.)
         if self.delay and self.all_streams_warm(state):
             if all_streams_emitting():  # assumed by the caller (a compiled all-warm graph)
                 return self._run(params, state, x, zero_invalid=False)
