@@ -36,11 +36,15 @@ a continual step faster than recomputing the clip per prediction by at least 8x 
 also shows the physical bound (`_common.MachineRates`): its MACs at the measured matrix-product
 rate or its bytes at the measured memory bandwidth.
 
+``--fold-batch-norms`` folds every batch norm into the convolution before it
+(`cofunc.nn.fold_batch_norms`) in all candidates alike, as a deployment would, and writes
+``results/video_zoo_folded.*`` instead.
+
 Writes ``results/video_zoo.md`` and ``results/video_zoo.png`` and prints the tables.
 
 Usage: ``python -m benchmarks.bench_video_zoo [--quick] [--models x3d_s,x3d_m,slow] [--no-compile]
 [--threads N] [--rounds R] [--inner K] [--max-other-cores CORES] [--clock wall|cpu]
-[--out-dir DIR]``. Full-size models are heavy on 2 cores: a full run takes several minutes per
+[--fold-batch-norms] [--out-dir DIR]``. Full-size models are heavy on 2 cores: a full run takes several minutes per
 model (``torch.compile`` of a CoX3D step alone takes one to two minutes); ``--quick`` runs 3
 rounds of one call each and keeps every round.
 """
@@ -150,6 +154,8 @@ def co_network(module: nn.Module) -> nn.Module:
             return co.forward_stepping(cls())
     if isinstance(module, nn.Dropout):
         return co.forward_stepping(nn.Dropout(module.p))
+    if isinstance(module, nn.Identity):  # a batch norm folded away (`cofunc.nn.fold_batch_norms`)
+        return co.Identity()
     if isinstance(module, cn.LayerModule) and module.layer.label == "identity":
         return co.Identity()
     if isinstance(module, cn.Lambda) and getattr(module.fn, "__name__", "") == "_unity":  # cn.Identity(), as co's
@@ -219,7 +225,7 @@ class Setup:
     clip_bytes: int = 0  # weights + the clip
 
 
-def build(key: str, seed: int, compile_step: bool) -> Setup:
+def build(key: str, seed: int, compile_step: bool, fold: bool = False) -> Setup:
     spec = MODELS[key]
     torch.manual_seed(seed)
     net = randomize(spec.build(), seed)
@@ -228,6 +234,9 @@ def build(key: str, seed: int, compile_step: bool) -> Setup:
     else:
         regular = spec.regular().eval()
         regular.load_state_dict(net.state_dict())
+    if fold:  # every candidate alike: co's network is built from the folded one
+        net = cn.fold_batch_norms(net)
+        regular = net if spec.regular is None else cn.fold_batch_norms(regular)
     crop, length = net.config["crop_size"], net.config["clip_length"]
     g = torch.Generator().manual_seed(seed + 1)
     s = Setup(
@@ -333,6 +342,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="per model: after this long, keep disturbed rounds too (default 900)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="wall time (default), or process CPU time (a contention-proof cost with --threads 1)")
+    parser.add_argument("--fold-batch-norms", dest="fold", action="store_true",
+                        help="fold the batch norms into the convolutions before them (cofunc.nn.fold_batch_norms) "
+                        "in every candidate; writes video_zoo_folded.md and .png")
     parser.add_argument("--out-dir", default=os.path.join(HERE, "results"), help="where video_zoo.md and .png go")
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -419,19 +431,24 @@ def report(args: argparse.Namespace, setups: Dict[str, Setup], results: Dict[str
         *environment(args.threads),
         _noise_note(args, results),
     ]
+    if args.fold:
+        notes.insert(0, "Batch norms folded into the convolutions before them (cofunc.nn.fold_batch_norms) in every "
+                     "candidate: the continual network, co's network (built from the folded one) and the regular clip "
+                     "network.")
     if args.quick:
         notes.insert(0, "QUICK RUN (3 rounds of 1 call on a shared machine): indicative only.")
+    stem = "video_zoo_folded" if args.fold else "video_zoo"
     text = write_table(
-        os.path.join(args.out_dir, "video_zoo.md"), rows, header, notes,
+        os.path.join(args.out_dir, f"{stem}.md"), rows, header, notes,
         title="Video zoo: per-step latency of CoX3D-S/M/L, CoSlow (cofunc vs co 1.2.4 vs clip inference)"
-        + (" (quick run)" if args.quick else ""),
+        + (", batch norms folded" if args.fold else "") + (" (quick run)" if args.quick else ""),
         extra_tables=[
             ("Per prediction", prediction_header, prediction_rows),
             ("Goals", GOAL_HEADER, [g.row() for g in goals]),
         ],
     )
     bar_plot(
-        os.path.join(args.out_dir, "video_zoo.png"), panels,
+        os.path.join(args.out_dir, f"{stem}.png"), panels,
         title=f"Video zoo, batch 1, float32, {args.threads} thread(s) (median, p25-p75)"
         + (" - quick run" if args.quick else ""),
         ylabel="time per call (ms)" if args.clock == "wall" else "process CPU time per call (ms)",
@@ -448,7 +465,7 @@ def main(argv=None) -> int:
     with torch.no_grad():
         for key in args.models:
             print(f"{MODELS[key].title}: building, compiling and checking ...", file=sys.stderr, flush=True)
-            s = build(key, args.seed, args.compile)
+            s = build(key, args.seed, args.compile, args.fold)
             check_outputs(s)
             setups[key] = s
             print(f"{MODELS[key].title}: timing ...", file=sys.stderr, flush=True)
@@ -458,7 +475,8 @@ def main(argv=None) -> int:
                 progress_every=None if args.quick else 60.0,
             )
     print(report(args, setups, results, rates))
-    print(f"wrote video_zoo.md and video_zoo.png to {args.out_dir}")
+    stem = "video_zoo_folded" if args.fold else "video_zoo"
+    print(f"wrote {stem}.md and {stem}.png to {args.out_dir}")
     return 0
 
 

@@ -213,6 +213,9 @@ class ResBlock(cn.ContinualModule):
     cropped to the centre frames of ``branch2``'s window when the padding is removed.
     """
 
+    # The shortcut's data flow, for `cofunc.nn.fold_batch_norms`.
+    _sequential_pairs = (("branch1_conv", "branch1_norm"),)
+
     def __init__(self, branch2: nn.Module, branch1_conv: Optional[nn.Module] = None,
                  branch1_norm: Optional[nn.Module] = None, activation: Optional[nn.Module] = None):
         super().__init__()
@@ -310,6 +313,8 @@ class VideoNet(cn.Sequential):
         return iter(self.blocks)
 
     # --- frame size checks -----------------------------------------------------------------------
+    _sequential_children = True  # the forward below only checks the frames first
+
     def forward(self, input):
         self.check_frames(tuple(input.shape[:2]) + tuple(input.shape[3:]))
         return super().forward(input)

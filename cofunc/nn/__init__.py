@@ -31,6 +31,7 @@ from .container import (
 from .conv import Conv1d, Conv2d, Conv3d
 from .convert import continual, forward_stepping, register
 from .delay import Delay
+from .fold import fold_batch_norms
 from .linear import Linear
 from .module import CoModule, ContinualModule, PaddingMode
 from .multihead_attention import RetroactiveMultiheadAttention, SingleOutputMultiheadAttention
@@ -114,6 +115,7 @@ __all__ = [
     "call_mode",
     "continual",
     "flat_state_dict",
+    "fold_batch_norms",
     "forward_stepping",
     "lift_nn_module",
     "load_state_dict",

@@ -104,6 +104,14 @@ def _converter_for(cls: type) -> Optional[Converter]:
     for base in cls.__mro__:
         converter = _CONVERTERS.get(base)
         if converter is not None:
+            if base is not cls and cls.forward is not base.forward:
+                # A subclass with its own forward computes something else than its base: the
+                # base's converter would silently build the base's computation.
+                raise UnsupportedModuleError(
+                    f"continual: {cls.__module__}.{cls.__qualname__} subclasses {base.__module__}.{base.__qualname__} "
+                    f"but overrides forward, so the converter of {base.__name__} would not compute what it does; "
+                    f"register a converter for {cls.__name__} with `cofunc.nn.register`"
+                )
             return converter
     return None
 
