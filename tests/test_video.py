@@ -129,8 +129,10 @@ def test_cli_with_random_weights(videos, tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_cli_command_line_with_weights(videos, tmp_path):
-    """The real command: X3D-XS with weights from a file; predictions equal the clip forward's."""
+@pytest.mark.parametrize("fold", [False, True], ids=["as_trained", "folded"])
+def test_cli_command_line_with_weights(videos, tmp_path, fold):
+    """The real command: X3D-XS with weights from a file; predictions equal the clip forward's
+    (with the batch norms folded too, up to rounding)."""
     torch.manual_seed(1)
     net = randomize_norms(x3d("XS", se="frame"))
     torch.save({"model_state": net.state_dict()}, tmp_path / "w.pyth")
@@ -139,7 +141,8 @@ def test_cli_command_line_with_weights(videos, tmp_path):
     write_video(video, moving_shapes(frames, 96, 128, seed=3), fps=2.5)
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run([sys.executable, "-m", "cofunc.stream", str(video), "--model", "x3d_xs", "--weights",
-                             str(tmp_path / "w.pyth"), "--top", "2", "--out", str(tmp_path / "p.jsonl")],
+                             str(tmp_path / "w.pyth"), "--top", "2", "--out", str(tmp_path / "p.jsonl")]
+                            + (["--fold-batch-norms"] if fold else []),
                             env=env, capture_output=True, text=True, check=True)
     assert "weights from" in result.stderr and "RANDOM" not in result.stderr
     assert "frame/s" in result.stderr  # the progress bar
