@@ -101,10 +101,11 @@ def test_training_mode_is_refused_and_nothing_changes():
         co.fold_batch_norms(net.layer)
 
 
-def test_channel_mismatch_names_the_modules():
-    net = nn.Sequential(nn.Conv1d(2, 3, 1), nn.BatchNorm1d(5)).eval()
-    with pytest.raises(ConfigurationError, match=r"0 then 1: BatchNorm1d\(5\) follows a convolution with 3 output"):
-        co.fold_batch_norms(net)
+def test_channel_mismatch_names_the_modules_and_changes_nothing():
+    net = nn.Sequential(nn.Conv1d(2, 3, 1), nn.BatchNorm1d(3), nn.Sequential(nn.Conv1d(3, 3, 1), nn.BatchNorm1d(5))).eval()
+    with pytest.raises(ConfigurationError, match=r"2.0 then 2.1: BatchNorm1d\(5\) follows a convolution with 3 output"):
+        co.fold_batch_norms(net, inplace=True)
+    assert isinstance(net[1], nn.BatchNorm1d) and net[0].bias is not None and _norms(net) == 2
 
 
 class _Gated(nn.Sequential):

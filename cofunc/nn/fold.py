@@ -71,14 +71,19 @@ def fold_batch_norms(module: nn.Module, *, inplace: bool = False) -> nn.Module:
             f"the batch, which no folded weight can do), but {training[0]} is in training mode; call .eval() first"
         )
     target = module if inplace else copy.deepcopy(module)
-    for prefix, parent in list(target.named_modules()):
+    # Every fold is computed before any is applied: a pair that cannot fold raises with the
+    # module (inplace=True) untouched. Only leaves are replaced, so the paths stay valid.
+    folds = []
+    for prefix, parent in target.named_modules():
         for conv_path, norm_path in _candidate_pairs(parent):
             conv, norm = _resolve(parent, conv_path), _resolve(parent, norm_path)
             if not (_foldable_conv(conv) and _foldable_norm(norm)):
                 continue
             where = " then ".join(".".join(([prefix] if prefix else []) + p) for p in (conv_path, norm_path))
-            _assign(parent, conv_path, _folded_conv(conv, norm, where))
-            _assign(parent, norm_path, _norm_replacement(parent, norm_path))
+            folds.append((parent, conv_path, norm_path, _folded_conv(conv, norm, where)))
+    for parent, conv_path, norm_path, folded in folds:
+        _assign(parent, conv_path, folded)
+        _assign(parent, norm_path, _norm_replacement(parent, norm_path))
     for m in target.modules():
         if isinstance(m, ContinualModule):
             for key in ContinualModule._REBUILT_ON_DEMAND:
