@@ -110,6 +110,22 @@ def test_resnet_steps_equal_forward(tvm, name):
     torch.testing.assert_close(got, want[..., : got.shape[-1]], **TOL)
 
 
+@pytest.mark.parametrize("name", ("r3d_18", "r2plus1d_18"))
+def test_converted_network_folds_its_batch_norms(tvm, name):
+    """`fold_batch_norms` on a converted torchvision network: every norm follows a conv inside a
+    Sequential (r(2+1)d's mid norm included), so all fold; the clip and the steps stay equal."""
+    tv = randomize(getattr(tvm, name)(num_classes=10), seed=4)
+    net = cn.continual(tv, temporal_window=2)
+    folded = cn.fold_batch_norms(net)
+    norms = lambda m: sum(isinstance(n, torch.nn.modules.batchnorm._BatchNorm) for n in m.modules())  # noqa: E731
+    assert norms(net) > 0 and norms(folded) == 0
+    x = clip(net.delay + 3, 16, seed=5)
+    with torch.no_grad():
+        want = net(x)
+        torch.testing.assert_close(folded(x), want, **TOL)
+        torch.testing.assert_close(folded.forward_steps(x, pad_end=True), want, **TOL)
+
+
 def test_resnet_window_matches_a_longer_torchvision_clip(tvm):
     """With ``temporal_window`` = the pooled frames of a longer clip, forward equals
     torchvision on that clip (the window is the only clip length a stream knows)."""
