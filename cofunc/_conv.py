@@ -264,8 +264,10 @@ class Conv(WindowLayer):
 
     def _matmul(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """A pointwise convolution of frames ``x: (N, C, *S)`` as one matrix product over
-        ``(C, prod(S))``, reading ``x`` in the layout it comes in (contiguous or channels-last)
-        and, for one stream, writing a channels-last output (see `window_memory_format`).
+        ``(C, prod(S))``, reading ``x`` in the layout it comes in and writing the output in the
+        same layout (channels-last in, channels-last out: X3D's depthwise windows; contiguous
+        in, contiguous out: ResNets, whose other convolutions and residual sums run on
+        contiguous frames, and a sum of two layouts costs ten times a sum of one).
 
         The same multiply-adds as the convolution; torch would route a 1x1 convolution at batch
         1 to its slow 2-d kernel (``_slow_conv2d_forward``, copying channels-last inputs first).
@@ -273,22 +275,20 @@ class Conv(WindowLayer):
         if self._spatial_subsample is not None:
             x = x[self._spatial_subsample]
         w = weight.reshape(self.out_channels, self.in_channels)
+        n, spatial = x.shape[0], tuple(x.shape[2:])
+        if n == 1 and x.is_contiguous():
+            # (C_out, C_in) x (C_in, S): BLAS reads both as they are, the output is contiguous.
+            rows = x.reshape(self.in_channels, -1)
+            y = torch.mm(w, rows) if bias is None else torch.addmm(bias.unsqueeze(1), w, rows)
+            return y.view((1, self.out_channels) + spatial)
         last = x.movedim(1, -1)  # (N, *S, C)
         if last.is_contiguous():
             # torch.nn.functional.linear: the same addmm over (N * prod(S), C) rows, in one call.
             return F.linear(last, w, bias).movedim(-1, 1)
-        n, spatial = x.shape[0], tuple(x.shape[2:])
-        if n == 1 and x.is_contiguous():
-            # (C, S) transposed: BLAS reads it as is, and the output comes out channels-last,
-            # so the depthwise windows after it store frames without re-laying them out.
-            rows = x.reshape(self.in_channels, -1).t()
-        else:
-            y = torch.matmul(w, x.reshape(n, self.in_channels, -1))
-            if bias is not None:
-                y = y + bias.unsqueeze(-1)
-            return y.view((n, self.out_channels) + spatial)
-        y = torch.mm(rows, w.t()) if bias is None else torch.addmm(bias, rows, w.t())
-        return y.view((n,) + spatial + (self.out_channels,)).movedim(-1, 1)
+        y = torch.matmul(w, x.reshape(n, self.in_channels, -1))
+        if bias is not None:
+            y = y + bias.unsqueeze(-1)
+        return y.view((n, self.out_channels) + spatial)
 
     def _one_frame(self, window: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
         """The one output frame of a window of exactly ``receptive_field`` frames ``(N, C, rf, *S)``.

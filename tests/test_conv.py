@@ -320,3 +320,19 @@ def test_step_float32_close_to_forward():
     xs = torch.randn(2, 3, 6, 5, 5)
     run = step_through(layer, params, xs)
     torch.testing.assert_close(run.ys, layer.forward(params, xs)[:, :, :5], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pointwise_step_keeps_the_frame_layout(bias, channels_last):
+    """A 1x1x1 step is a matrix product that writes the layout it reads: a sum of a contiguous and
+    a channels-last frame (a residual) costs about ten times a sum of two alike."""
+    layer = cofunc.conv3d(8, 6, 1, bias=bias)
+    params = layer.init_params()
+    frame = torch.randn(1, 8, 5, 7)
+    if channels_last:
+        frame = frame.contiguous(memory_format=torch.channels_last)
+    y, _ = layer.step(params, (), frame)
+    want = torch.nn.functional.conv2d(frame, params["weight"][:, :, 0], params.get("bias"))
+    torch.testing.assert_close(y, want)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
