@@ -7,7 +7,7 @@ and temporal fill (padding pads the convolution's input, which the fold does not
 float32 the outputs differ from the unfolded model's by rounding (about 1e-6 relative).
 
 A continual step spends a fixed cost on every op whatever its size, so on small frames a batch
-norm costs nearly as much as the convolution before it: CoX3D-S steps through 80 of them.
+norm costs nearly as much as the convolution before it: CoX3D-S steps through 83 of them.
 """
 
 from __future__ import annotations
@@ -156,7 +156,6 @@ def _folded_conv(conv: nn.modules.conv._ConvNd, norm: nn.modules.batchnorm._Batc
     folded.bias = nn.Parameter(bias.detach(), requires_grad=trains)
     folded.weight = nn.Parameter(weight.detach(), requires_grad=trains)
     return folded
-
 
 
 def _norm_replacement(parent: nn.Module, path: List[str]) -> Optional[nn.Module]:
