@@ -351,6 +351,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     unknown = [m for m in args.models if m not in MODELS]
     if unknown or not args.models:
         parser.error(f"--models: unknown {unknown}; choose from {list(MODELS)}")
+    args.stem = "video_zoo_folded" if args.fold else "video_zoo"  # the results' file names
     args.rounds = args.rounds or (3 if args.quick else 20)
     args.inner = args.inner or (1 if args.quick else 2)
     if args.max_other_cores is None:
@@ -437,9 +438,8 @@ def report(args: argparse.Namespace, setups: Dict[str, Setup], results: Dict[str
                      "network.")
     if args.quick:
         notes.insert(0, "QUICK RUN (3 rounds of 1 call on a shared machine): indicative only.")
-    stem = "video_zoo_folded" if args.fold else "video_zoo"
     text = write_table(
-        os.path.join(args.out_dir, f"{stem}.md"), rows, header, notes,
+        os.path.join(args.out_dir, f"{args.stem}.md"), rows, header, notes,
         title="Video zoo: per-step latency of CoX3D-S/M/L, CoSlow (cofunc vs co 1.2.4 vs clip inference)"
         + (", batch norms folded" if args.fold else "") + (" (quick run)" if args.quick else ""),
         extra_tables=[
@@ -448,7 +448,7 @@ def report(args: argparse.Namespace, setups: Dict[str, Setup], results: Dict[str
         ],
     )
     bar_plot(
-        os.path.join(args.out_dir, f"{stem}.png"), panels,
+        os.path.join(args.out_dir, f"{args.stem}.png"), panels,
         title=f"Video zoo, batch 1, float32, {args.threads} thread(s) (median, p25-p75)"
         + (" - quick run" if args.quick else ""),
         ylabel="time per call (ms)" if args.clock == "wall" else "process CPU time per call (ms)",
@@ -475,8 +475,7 @@ def main(argv=None) -> int:
                 progress_every=None if args.quick else 60.0,
             )
     print(report(args, setups, results, rates))
-    stem = "video_zoo_folded" if args.fold else "video_zoo"
-    print(f"wrote {stem}.md and {stem}.png to {args.out_dir}")
+    print(f"wrote {args.stem}.md and {args.stem}.png to {args.out_dir}")
     return 0
 
 
