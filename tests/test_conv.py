@@ -336,3 +336,23 @@ def test_pointwise_step_keeps_the_frame_layout(bias, channels_last):
     want = torch.nn.functional.conv2d(frame, params["weight"][:, :, 0], params.get("bias"))
     torch.testing.assert_close(y, want)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@given(dims=st.integers(1, 3), kt=st.integers(2, 5), dilation=st.integers(1, 2), spatial_stride=st.integers(1, 2),
+       depthwise=st.booleans(), bias=st.booleans(), lead=STREAM_SHAPES, channels_last=st.booleans())
+def test_temporal_kernel_steps_equal_forward(dims, kt, dilation, spatial_stride, depthwise, bias, lead, channels_last):
+    """Kernels ``(kt, 1, 1)`` step as matrix products (a batched one per channel when depthwise,
+    X3D's stem; one over the folded taps otherwise, Slow's res4 and res5): outputs equal the clip
+    forward in every stream, for any stream shape, stride in space and frame layout."""
+    channels = 3
+    layer = getattr(cofunc, f"conv{dims}d")(
+        channels, channels if depthwise else 4, (kt,) + (1,) * (dims - 1), stride=(1,) + (spatial_stride,) * (dims - 1),
+        dilation=(dilation,) + (1,) * (dims - 1), groups=channels if depthwise else 1, bias=bias,
+    )
+    assert layer._depthwise_in_time == depthwise and layer._pointwise_in_space == (not depthwise)
+    params = layer.init_params(dtype=F64)
+    xs = torch.randn(lead + (channels, layer.receptive_field + 3) + (5,) * (dims - 1), dtype=F64)
+    if channels_last and dims == 3 and len(lead) == 1:  # a batched clip (B, C, T, H, W)
+        xs = xs.contiguous(memory_format=torch.channels_last_3d)
+    run = step_through(layer, params, xs)
+    torch.testing.assert_close(run.ys, layer.forward(params, xs).narrow(layer.time_axis(), 0, clip_len(layer, run.ys)))
