@@ -61,16 +61,30 @@ def moving_squares(frames: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 def randomize_norms(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Random batch-norm statistics and affine params (X3D zero-initialises the last norm of
-    every residual branch, which would make the branches vanish); eval mode."""
+    """Random batch- and instance-norm statistics and affine params (X3D zero-initialises the
+    last norm of every residual branch, which would make the branches vanish), drawn in each
+    tensor's dtype; norms without affine params or running statistics get what they have.
+    Returns ``net`` in eval mode.
+
+    Example:
+        >>> import torch
+        >>> from cofunc.demo import randomize_norms
+        >>> bn = randomize_norms(torch.nn.BatchNorm1d(3))
+        >>> bool((bn.weight != 1).all()), bn.training
+        (True, False)
+    """
     g = torch.Generator().manual_seed(seed)
+    around_one = lambda t: torch.rand(t.shape, generator=g, dtype=t.dtype) + 0.5  # noqa: E731 (in [0.5, 1.5))
+    around_zero = lambda t: torch.randn(t.shape, generator=g, dtype=t.dtype) * 0.2  # noqa: E731
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.modules.batchnorm._NormBase):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(around_one(m.weight))
+                    m.bias.copy_(around_zero(m.bias))
+                if m.running_mean is not None:
+                    m.running_mean.copy_(around_zero(m.running_mean))
+                    m.running_var.copy_(around_one(m.running_var))
     return net.eval()
 
 

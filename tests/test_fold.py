@@ -18,24 +18,11 @@ import cofunc
 import cofunc.models
 import cofunc.nn as co
 from cofunc import ConfigurationError
+from cofunc.demo import randomize_norms
 from conftest import conv_configs
 
 BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 CONVS = {1: co.Conv1d, 2: co.Conv2d, 3: co.Conv3d}
-
-
-def _randomize_norms(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Statistics and affine params far from the identity, so a missed or wrong fold shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 3 + 0.2)
-                if m.weight is not None:
-                    m.weight.copy_(torch.randn(m.weight.shape, generator=g))
-                    m.bias.copy_(torch.randn(m.bias.shape, generator=g))
-    return module.eval()
 
 
 def _norms(module: nn.Module) -> int:
@@ -58,7 +45,7 @@ def _stepped(net: nn.Module, clip: torch.Tensor) -> torch.Tensor:
 def test_folded_conv_equals_conv_then_norm(cfg, length, affine, seed):
     torch.manual_seed(seed)
     conv = CONVS[cfg.dims](**cfg.kwargs)
-    net = _randomize_norms(co.Sequential(conv, BATCH_NORMS[cfg.dims](conv.out_channels, affine=affine), nn.ReLU()), seed)
+    net = randomize_norms(co.Sequential(conv, BATCH_NORMS[cfg.dims](conv.out_channels, affine=affine), nn.ReLU()), seed)
     folded = co.fold_batch_norms(net)
     assert _norms(folded) == 0 and _norms(net) == 1, "a copy is folded, the original kept"
     assert isinstance(folded[0], CONVS[cfg.dims]) and isinstance(folded[1], nn.Identity)
@@ -82,7 +69,7 @@ def test_torch_modules_and_nesting_fold():
         nn.ConvTranspose2d(4, 4, 1),
         nn.BatchNorm2d(4),  # after a transposed conv: left alone
     )
-    net = _randomize_norms(net)
+    net = randomize_norms(net)
     folded = co.fold_batch_norms(net)
     assert isinstance(folded[1][0], nn.Identity) and type(folded[0][0]) is nn.Conv2d
     assert isinstance(folded[2], nn.BatchNorm2d) and isinstance(folded[4], nn.BatchNorm2d)
@@ -116,7 +103,7 @@ class _Gated(nn.Sequential):
 
 
 def test_inplace_and_overridden_forward():
-    net = _randomize_norms(nn.Sequential(nn.Conv1d(2, 3, 1), nn.BatchNorm1d(3), _Gated(nn.Conv1d(3, 3, 1), nn.BatchNorm1d(3))))
+    net = randomize_norms(nn.Sequential(nn.Conv1d(2, 3, 1), nn.BatchNorm1d(3), _Gated(nn.Conv1d(3, 3, 1), nn.BatchNorm1d(3))))
     x = torch.randn(1, 2, 4)
     with torch.no_grad():
         want = net(x)
@@ -134,7 +121,7 @@ def test_continual_refuses_a_subclass_with_its_own_forward():
 
 
 def test_folded_model_prints_pickles_and_keeps_training_flag():
-    net = _randomize_norms(co.Sequential(co.Conv3d(3, 4, (3, 1, 1), padding=(1, 0, 0), bias=False), nn.BatchNorm3d(4)))
+    net = randomize_norms(co.Sequential(co.Conv3d(3, 4, (3, 1, 1), padding=(1, 0, 0), bias=False), nn.BatchNorm3d(4)))
     folded = co.fold_batch_norms(net)
     assert "Identity()" in repr(folded) and "bias=False" not in repr(folded)
     assert not folded.training and set(folded.state_dict()) == {"0.weight", "0.bias"}
@@ -151,7 +138,7 @@ def test_folded_model_prints_pickles_and_keeps_training_flag():
 ], ids=["x3d", "slow", "st_gcn"])
 def test_zoo_models_fold_every_norm_after_a_conv(build):
     torch.manual_seed(0)
-    net = _randomize_norms(build())
+    net = randomize_norms(build())
     folded = co.fold_batch_norms(net)
     assert _norms(folded) < _norms(net)
     if not hasattr(net, "config") or "crop_size" not in net.config:  # a skeleton network

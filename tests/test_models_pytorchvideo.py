@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from cofunc.demo import randomize_norms
 from cofunc.models import i3d_r50, slow_r50, x3d
 
 pytestmark = [pytest.mark.pytorchvideo, pytest.mark.usefixtures("one_thread")]
@@ -31,18 +32,9 @@ def hub():
     return hub
 
 
-def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random batch-norm statistics and affine params (pytorchvideo zeroes the last norm of
-    each residual branch, which would hide those branches), eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._NormBase):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-    return net.eval()
+# Random norms: pytorchvideo zeroes the last norm of each residual branch, which would hide
+# those branches.
+randomize = randomize_norms
 
 
 def shapes(net):

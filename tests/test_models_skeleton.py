@@ -29,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from cofunc import ConfigurationError, InputShapeError
 from cofunc._profile import profile
+from cofunc.demo import randomize_norms
 from cofunc.models._graph import NTU_INWARD, ntu_adjacency
 from cofunc.models.skeleton import agcn, backbone_length, s_tr, st_gcn
 
@@ -62,13 +63,7 @@ def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
             if name.endswith("graph_attn"):
                 noise = torch.rand(p.shape, generator=g, dtype=F64)
                 p.copy_((noise - 0.5) * 0.2 if additive else noise + 0.5)
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g, dtype=F64) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g, dtype=F64) * 0.2)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=F64) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=F64) + 0.5)
-    return net
+    return randomize_norms(net, seed)
 
 
 def skeletons(frames: int, batch: int = 2, persons: int = 2, seed: int = 1) -> torch.Tensor:

@@ -18,6 +18,7 @@ import torch
 
 import cofunc.nn as cn
 from cofunc import ConfigurationError
+from cofunc.demo import randomize_norms
 from cofunc.models import i3d_r50, slow_r50, x3d
 from cofunc.models._blocks import SqueezeExcitation
 from cofunc.nn.module import TrainingModeStepWarning
@@ -31,18 +32,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one torch thread
 
 
 def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random batch-norm statistics and affine params (the builders zero the last norm of each
-    residual branch, which would make those branches vanish), float64, eval mode."""
-    g = torch.Generator().manual_seed(seed)
-    net = net.double().eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._NormBase):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g, dtype=F64) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g, dtype=F64) * 0.2)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g, dtype=F64) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g, dtype=F64) + 0.5)
-    return net
+    """float64, eval mode, random norms (the builders zero the last norm of each residual branch,
+    which would make those branches vanish)."""
+    return randomize_norms(net.double(), seed)
 
 
 def clip(frames: int, batch: int = 2, seed: int = 1) -> torch.Tensor:

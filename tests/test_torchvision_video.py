@@ -21,6 +21,7 @@ import torch
 
 import cofunc
 import cofunc.nn as cn
+from cofunc.demo import randomize_norms
 
 pytestmark = [pytest.mark.pytorchvideo, pytest.mark.usefixtures("one_thread")]
 
@@ -36,19 +37,14 @@ def tvm():
 
 
 def randomize(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random batch-norm statistics and affine params (torchvision initialises them to the
-    identity), eval mode."""
-    g = torch.Generator().manual_seed(seed)
+    """Random norms (torchvision initialises them to the identity) and classifier weights
+    (torchvision's 0.01 makes tiny scores), eval mode."""
+    g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for m in net.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._NormBase):
-                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.2)
-                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
-            elif isinstance(m, torch.nn.Linear):
-                m.weight.normal_(0, 0.1, generator=g)  # torchvision's 0.01 makes tiny scores
-    return net.eval()
+            if isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0, 0.1, generator=g)
+    return randomize_norms(net, seed)
 
 
 def clip(t: int, size: int, seed: int = 1, batch: int = 1) -> torch.Tensor:
