@@ -250,9 +250,10 @@ class Conv(WindowLayer):
         depthwise = (self.dims > 1 and self.groups > 1 and self.in_channels == self.groups
                      and math.prod(self.kernel_size[1:]) > 1)
         set_("_depthwise_in_space", depthwise)
-        # A 1x1(x1) convolution without groups or padding: a matrix product per frame.
-        pointwise_in_space = (self.groups == 1 and math.prod(self.kernel_size[1:]) == 1
-                              and all(lo == 0 and hi == 0 for lo, hi in self._pads[1:]))
+        # One tap in space and no spatial padding; without groups and with one tap in time too
+        # (a 1x1(x1) convolution), a matrix product per frame.
+        one_by_one = math.prod(self.kernel_size[1:]) == 1 and all(lo == 0 and hi == 0 for lo, hi in self._pads[1:])
+        pointwise_in_space = self.groups == 1 and one_by_one
         set_("_pointwise", pointwise_in_space and self.receptive_field == 1)
         # Kernel (kt, 1, 1) (Slow's res4 and res5, (2+1)-d nets): once the taps are folded into
         # the channels, a matrix product like the pointwise step's.
@@ -262,8 +263,7 @@ class Conv(WindowLayer):
         # weighted sum of its channel's frames, one batched product over the window as it lies.
         # Folding its taps into the channels makes a grouped convolution, which torch's slow 2-d
         # kernel runs group by group (24 calls for X3D-S's stem: 0.48 vs 0.14 ms, one thread).
-        set_("_depthwise_in_time", self.groups == self.in_channels == self.out_channels and self.groups > 1
-             and math.prod(self.kernel_size[1:]) == 1 and all(lo == 0 and hi == 0 for lo, hi in self._pads[1:]))
+        set_("_depthwise_in_time", self.groups == self.in_channels == self.out_channels > 1 and one_by_one)
         spatial = self._pads[1:]
         # The window's convolution pads space itself when it can (zeros, symmetric).
         set_("_pads_in_conv", self.padding_mode == "zeros" and all(lo == hi for lo, hi in spatial))
