@@ -22,12 +22,14 @@ class _Hints(threading.local):
         self.inputs_fit = False
 
 
-_HINTS = _Hints()
+# Read as attributes on the hottest paths (`STEP_HINTS.inputs_fit`): a function call per
+# sublayer and step costs more than the read.
+STEP_HINTS = _Hints()
 
 
 def all_streams_emitting() -> bool:
     """True inside a step in which every stream of every sublayer gets a real input."""
-    return _HINTS.all_emit
+    return STEP_HINTS.all_emit
 
 
 @contextlib.contextmanager
@@ -36,30 +38,30 @@ def assume_all_streams_emitting():
     `Layer.all_streams_warm`): no per-stream masks. Only correct when that holds; `step` sets
     it itself after checking, and the compiled all-streams graph is traced under it."""
     before = all_streams_emitting()
-    _HINTS.all_emit = True
+    STEP_HINTS.all_emit = True
     try:
         yield
     finally:
-        _HINTS.all_emit = before
+        STEP_HINTS.all_emit = before
 
 
 def inputs_fit() -> bool:
     """True inside a step whose state is the one the same layer's previous step returned, for an
     input of the same shape, dtype and device: every sublayer's state and input then fit as
     they did, and the sublayers skip their checks (`Layer.step`)."""
-    return _HINTS.inputs_fit
+    return STEP_HINTS.inputs_fit
 
 
 @contextlib.contextmanager
 def inputs_fit_as(value: bool):
     """Run the steps inside with the `inputs_fit` hint set to ``value`` (a nested `step` sets it
     for its own state, so a hint never reaches a state it was not established for)."""
-    before = _HINTS.inputs_fit
-    _HINTS.inputs_fit = value
+    before = STEP_HINTS.inputs_fit
+    STEP_HINTS.inputs_fit = value
     try:
         yield
     finally:
-        _HINTS.inputs_fit = before
+        STEP_HINTS.inputs_fit = before
 
 
 def emitted(n_inputs: int, delay: int, stride: int) -> int:

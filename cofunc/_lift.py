@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._clock import inputs_fit
+from ._clock import STEP_HINTS
 from ._errors import ConfigurationError
 from ._layer import EMPTY_PARAMS, Stateless, with_one_batch_dim
 from ._params import flatten_params, module_params, params_shapes_of
@@ -77,7 +77,7 @@ class Lift(Stateless):
         return {} if self.template is None else params_shapes_of(_nest(module_params(self.template)))
 
     def step_unmasked(self, params, state, x):
-        if not inputs_fit():
+        if not STEP_HINTS.inputs_fit:
             self.check_step_input(x)
         if self.pointwise:
             return self.apply(params, x), state
@@ -180,8 +180,9 @@ def _batch_norm_apply(eps: float, affine: bool, mode_of: Optional[nn.Module] = N
         weight, bias = (params.get("weight"), params.get("bias")) if affine else (None, None)
         if mode_of is None or not mode_of.training:
             # The op F.batch_norm calls in eval mode, without its Python checks (a hot path).
+            # (cudnn's flag is read for CUDA inputs only: on other devices the op ignores it.)
             return torch.batch_norm(x, weight, bias, params["running_mean"], params["running_var"], False, 0.0, eps,
-                                    torch.backends.cudnn.enabled)
+                                    x.is_cuda and torch.backends.cudnn.enabled)
         momentum = mode_of.momentum if mode_of.momentum is not None else 0.1
         return F.batch_norm(x, params["running_mean"], params["running_var"], weight, bias, True, momentum, eps)
 
@@ -243,6 +244,10 @@ def lift_module(module: nn.Module, *, step_rank: Optional[int] = None, follow_tr
             lambda params, x: F.layer_norm(x, shape, params.get("weight"), params.get("bias"), eps),
             name, True, step_rank, module if module_params(module) else None,
         )
+    if isinstance(module, nn.ReLU) and type(module).forward is nn.ReLU.forward:
+        # The op ReLU.forward ends in, without its Python layers (the most frequent activation
+        # of a step); `inplace` is read at each call, as the module reads it.
+        return Lift(lambda params, x: torch.relu_(x) if module.inplace else torch.relu(x), name, True, step_rank, None)
     if isinstance(module, _POINTWISE_MODULES) and not module_params(module):
         return Lift(lambda params, x: module.forward(x), name, True, step_rank, None)
     if not module_params(module):

@@ -8,7 +8,7 @@ from typing import Mapping, Tuple, Union
 import torch
 
 from ._errors import ConfigurationError, StateError
-from ._clock import all_streams_emitting, assume_all_streams_emitting, emits_after, emitted, inputs_fit
+from ._clock import STEP_HINTS, all_streams_emitting, assume_all_streams_emitting, emits_after, emitted, inputs_fit
 from ._layer import EMPTY_PARAMS, Layer
 from ._values import expand_mask, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
 
@@ -48,6 +48,14 @@ class Seq(Layer):
     """
 
     children: Tuple[Tuple[str, Layer], ...]
+
+    # Whether each child's params are ``params[name]``; a subclass that nests them otherwise
+    # overrides `_child_params`, and its steps take the general path.
+    _params_by_name = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._params_by_name = cls._child_params is Seq._child_params
 
     def __post_init__(self):
         if not self.children:
@@ -195,6 +203,15 @@ class Seq(Layer):
         return self._run(params, state, x, zero_invalid=False)
 
     def _run(self, params, state, x, zero_invalid: bool):
+        if STEP_HINTS.inputs_fit and STEP_HINTS.all_emit and self._params_by_name:
+            # The hot path of an eager step in a warm stream: a state known to fit, a real input
+            # for every child, no masks (a deep network runs this loop hundreds of times a step).
+            new_states = []
+            y = x
+            for (name, child), s in zip(self.children, state):
+                y, s = child.step_unmasked(params.get(name, EMPTY_PARAMS), s, y)
+                new_states.append(s)
+            return y, tuple(new_states)
         if not inputs_fit():
             self._check_state(state)
         mask = None  # None: every stream has a real input for the current child

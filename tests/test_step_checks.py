@@ -87,10 +87,19 @@ def test_the_shortcut_does_not_reach_a_nested_step():
     assert not inputs_fit()
 
 
-def test_fitting_steps_equal_checked_steps():
+def _residual_net():
+    """The parts of a residual block that have their own shortcut path: a residual sum (a
+    broadcast over parallel branches), params read through a `Remap`, a lifted nn.ReLU."""
+    block = cofunc.residual(cofunc.seq(cofunc.conv2d(2, 2, 3, padding=(1, 1)), cofunc.lift_module(torch.nn.ReLU())))
+    return cofunc.seq(cofunc.Remap(block, {"1": "branch"}), cofunc.lift_module(torch.nn.ReLU(inplace=True)),
+                      cofunc.conv2d(2, 2, (2, 1)))
+
+
+@pytest.mark.parametrize("make", [_net, _residual_net])
+def test_fitting_steps_equal_checked_steps(make):
     """The shortcut changes no value: the same frames from the same state, checked on every step
     (a rebuilt state each time) or not."""
-    net = _net()
+    net = make()
     params = net.init_params()
     frames = [torch.randn(1, 2, 5) for _ in range(8)]
     state_a = state_b = net.init_state(params, (1, 2, 5))
