@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ._errors import ConfigurationError
-from ._clock import first_emitting_step, inputs_fit
+from ._clock import STEP_HINTS, first_emitting_step
 from ._layer import Layer
 from ._values import push_frames
 
@@ -106,7 +106,7 @@ class Delay(Layer):
 
     def step_unmasked(self, params, state, x):
         """``x: (*B, C, *S)`` in, the frame of ``n`` steps ago out (zeros while warming up)."""
-        if not inputs_fit():
+        if not STEP_HINTS.inputs_fit:
             self.check_step_input(x)
             if self.stateful:
                 self._check(state, x, "step input")

@@ -8,7 +8,7 @@ from typing import Mapping, Tuple, Union
 import torch
 
 from ._errors import ConfigurationError, StateError
-from ._clock import STEP_HINTS, all_streams_emitting, assume_all_streams_emitting, emits_after, emitted, inputs_fit
+from ._clock import STEP_HINTS, all_streams_emitting, assume_all_streams_emitting, emits_after, emitted
 from ._layer import EMPTY_PARAMS, Layer
 from ._values import expand_mask, first_tensor, map_values, shape_of, tree_where, values_are_concrete, zeros_of_shape
 
@@ -212,7 +212,7 @@ class Seq(Layer):
                 y, s = child.step_unmasked(params.get(name, EMPTY_PARAMS), s, y)
                 new_states.append(s)
             return y, tuple(new_states)
-        if not inputs_fit():
+        if not STEP_HINTS.inputs_fit:
             self._check_state(state)
         mask = None  # None: every stream has a real input for the current child
         # Every stream past the warm-up (set by the outermost step): no masks, no host reads.

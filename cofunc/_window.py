@@ -15,7 +15,7 @@ from typing import List, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from ._clock import STEP_HINTS, all_streams_emitting, emits_after, first_emitting_step, inputs_fit
+from ._clock import STEP_HINTS, all_streams_emitting, emits_after, first_emitting_step
 from ._layer import Layer, check_dtype_device
 from ._values import empty_clip, expand_mask, push_frames, values_are_concrete
 
@@ -96,8 +96,6 @@ class WindowLayer(Layer):
         return state.count if self.stateful else None
 
     def _check(self, params, state, x, clip: bool):
-        if not clip and inputs_fit():
-            return
         what = "clip" if clip else "step input"
         if clip:
             self.check_clip_input(x, self.expected_channels)
